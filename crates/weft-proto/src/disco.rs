@@ -1,0 +1,1 @@
+//! disco (being written).
