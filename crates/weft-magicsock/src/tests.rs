@@ -1,0 +1,379 @@
+// A base instant for virtual time; nothing below waits on the real clock.
+#![allow(clippy::disallowed_methods)]
+
+use super::*;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+struct Node {
+    sock: Magicsock,
+    addr: SocketAddr,
+    ip: IpAddr,
+    delivered: Vec<Vec<u8>>,
+    events: Vec<Event>,
+}
+
+fn node(n: u8, udp_reachable: bool, now: Instant) -> Node {
+    let cfg = Config {
+        node_private: NodePrivate::from_bytes([n; 32]),
+        disco_private: DiscoPrivate::from_bytes([n + 100; 32]),
+    };
+    let mut sock = Magicsock::new(cfg, [n; 32], now);
+    let addr: SocketAddr = format!("192.0.2.{n}:41641").parse().expect("addr");
+    sock.set_derp_map(
+        vec![DerpRegion {
+            id: 900,
+            stun: vec![],
+        }],
+        now,
+    );
+    if udp_reachable {
+        sock.set_own_endpoints(vec![addr], now);
+    }
+    Node {
+        sock,
+        addr,
+        ip: IpAddr::from([100, 64, 0, n]),
+        delivered: Vec::new(),
+        events: Vec::new(),
+    }
+}
+
+fn peer_cfg(n: &Node) -> PeerConfig {
+    PeerConfig {
+        node_key: n.sock.node_public(),
+        disco_key: n.sock.disco_public(),
+        home_derp: Some(900),
+        endpoints: n.sock.endpoints().iter().map(|e| e.addr).collect(),
+        allowed_ips: vec![IpNet::from(n.ip)],
+    }
+}
+
+/// A two-node world with zero latency: UDP works only between reachable nodes.
+struct World {
+    nodes: [Node; 2],
+    udp_ok: bool,
+    now: Instant,
+    udp_sent: usize,
+    derp_sent: usize,
+}
+
+impl World {
+    fn new(udp_ok: bool) -> Self {
+        let now = Instant::now();
+        let mut a = node(1, udp_ok, now);
+        let mut b = node(2, udp_ok, now);
+        let (ca, cb) = (peer_cfg(&a), peer_cfg(&b));
+        a.sock.set_peers(vec![cb], now);
+        b.sock.set_peers(vec![ca], now);
+        Self {
+            nodes: [a, b],
+            udp_ok,
+            now,
+            udp_sent: 0,
+            derp_sent: 0,
+        }
+    }
+
+    /// Delivers everything queued, repeatedly, without advancing time.
+    fn flush(&mut self) {
+        loop {
+            let mut moved = false;
+            for i in 0..2 {
+                let j = 1 - i;
+                while let Some(t) = self.nodes[i].sock.poll_transmit() {
+                    moved = true;
+                    let (from_addr, from_key) =
+                        (self.nodes[i].addr, self.nodes[i].sock.node_public());
+                    let now = self.now;
+                    let dst = &mut self.nodes[j];
+                    match t.dst {
+                        Destination::Udp(a) if a == dst.addr && self.udp_ok => {
+                            self.udp_sent += 1;
+                            let _ = dst
+                                .sock
+                                .handle_datagram(dst.addr, from_addr, &t.payload, now);
+                        }
+                        Destination::Udp(_) => {}
+                        Destination::Derp { peer, region } => {
+                            assert_eq!(peer, dst.sock.node_public());
+                            self.derp_sent += 1;
+                            let _ = dst
+                                .sock
+                                .handle_derp_packet(region, from_key, &t.payload, now);
+                        }
+                    }
+                }
+                while let Some(p) = self.nodes[i].sock.poll_ip_packet() {
+                    self.nodes[i].delivered.push(p);
+                }
+                while let Some(e) = self.nodes[i].sock.poll_event() {
+                    self.nodes[i].events.push(e);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        let end = self.now + by;
+        loop {
+            self.flush();
+            let next = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.sock.poll_timeout())
+                .min();
+            match next {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    for n in &mut self.nodes {
+                        n.sock.handle_timeout(self.now);
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+        self.flush();
+    }
+
+    fn send(&mut self, from: usize, payload: &[u8]) -> Result<(), SendError> {
+        let pkt = ipv4_udp(self.nodes[from].ip, self.nodes[1 - from].ip, payload);
+        let r = self.nodes[from].sock.handle_ip_packet(&pkt, self.now);
+        self.flush();
+        r
+    }
+}
+
+fn ipv4_udp(src: IpAddr, dst: IpAddr, payload: &[u8]) -> Vec<u8> {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
+        panic!("v4 only")
+    };
+    let len = 28 + payload.len();
+    let mut p = vec![
+        0x45,
+        0,
+        (len >> 8) as u8,
+        len as u8,
+        0,
+        0,
+        0,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ];
+    p.extend_from_slice(&s.octets());
+    p.extend_from_slice(&d.octets());
+    p.extend_from_slice(&[0x30, 0x39, 0x30, 0x39, 0, (8 + payload.len()) as u8, 0, 0]);
+    p.extend_from_slice(payload);
+    p
+}
+
+#[test]
+fn packet_to_an_unrouted_address_is_refused() {
+    let mut w = World::new(true);
+    let pkt = ipv4_udp(w.nodes[0].ip, IpAddr::from([100, 64, 9, 9]), b"x");
+    assert_eq!(
+        w.nodes[0].sock.handle_ip_packet(&pkt, w.now),
+        Err(SendError::NoRoute(IpAddr::from([100, 64, 9, 9])))
+    );
+    assert_eq!(
+        w.nodes[0].sock.handle_ip_packet(&[0x10, 1, 2], w.now),
+        Err(SendError::NotIp)
+    );
+}
+
+#[test]
+fn without_udp_packets_flow_over_derp_and_the_path_stays_derp() {
+    let mut w = World::new(false);
+    w.send(0, b"hello").expect("send");
+    assert_eq!(w.nodes[1].delivered.len(), 1);
+    assert!(w.nodes[1].delivered[0].ends_with(b"hello"));
+    w.send(1, b"back").expect("send");
+    assert!(w.nodes[0].delivered.iter().any(|p| p.ends_with(b"back")));
+    w.advance(Duration::from_secs(20));
+    assert_eq!(
+        w.nodes[0].sock.path(&w.nodes[1].sock.node_public(), w.now),
+        Path::Derp(900)
+    );
+    assert_eq!(w.udp_sent, 0);
+}
+
+#[test]
+fn with_udp_the_path_upgrades_to_direct_and_data_stops_using_derp() {
+    let mut w = World::new(true);
+    w.send(0, b"hello").expect("send");
+    assert_eq!(w.nodes[1].delivered.len(), 1);
+    let b_key = w.nodes[1].sock.node_public();
+    let b_addr = w.nodes[1].addr;
+    assert_eq!(w.nodes[0].sock.path(&b_key, w.now), Path::Direct(b_addr));
+    assert!(w.nodes[0].events.contains(&Event::PathChanged {
+        peer: b_key,
+        path: Path::Direct(b_addr)
+    }));
+    let derp_before = w.derp_sent;
+    w.send(0, b"again").expect("send");
+    assert_eq!(
+        w.derp_sent, derp_before,
+        "trusted direct path carries data alone"
+    );
+    assert_eq!(w.nodes[1].delivered.len(), 2);
+}
+
+#[test]
+fn heartbeats_keep_the_path_trusted_while_active_and_stop_when_idle() {
+    let mut w = World::new(true);
+    w.send(0, b"hello").expect("send");
+    let b_key = w.nodes[1].sock.node_public();
+    for _ in 0..5 {
+        w.advance(Duration::from_secs(5));
+        w.send(0, b"tick").expect("send");
+        assert!(matches!(
+            w.nodes[0].sock.path(&b_key, w.now),
+            Path::Direct(_)
+        ));
+    }
+    w.advance(SESSION_ACTIVE_TIMEOUT + Duration::from_secs(10));
+    assert_eq!(
+        w.nodes[0].sock.timers.get(Timer::Heartbeat(b_key)),
+        None,
+        "idle peers stop heartbeating"
+    );
+    assert_eq!(
+        w.nodes[0].sock.path(&b_key, w.now),
+        Path::Derp(900),
+        "without pongs trust lapses"
+    );
+}
+
+#[test]
+fn cli_ping_reports_derp_then_direct() {
+    let mut w = World::new(true);
+    let b_key = w.nodes[1].sock.node_public();
+    w.nodes[0].sock.ping(b_key, w.now).expect("ping");
+    w.flush();
+    let pongs: Vec<&Event> = w.nodes[0]
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Pong { .. }))
+        .collect();
+    assert!(pongs.iter().any(|e| matches!(
+        e,
+        Event::Pong {
+            via: Path::Derp(900),
+            ..
+        }
+    )));
+    w.nodes[0].events.clear();
+    w.nodes[0].sock.ping(b_key, w.now + ms(1)).expect("ping");
+    w.flush();
+    assert!(w.nodes[0]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Pong { via: Path::Direct(a), src, .. } if *a == w.nodes[1].addr && *src == w.nodes[0].addr)));
+}
+
+#[test]
+fn disco_from_strangers_and_call_me_maybe_over_udp_are_dropped() {
+    let mut w = World::new(true);
+    let stranger = DiscoPrivate::from_bytes([77; 32]);
+    let pkt = disco::seal(
+        &stranger,
+        &w.nodes[0].sock.disco_public(),
+        &Message::Ping(Ping {
+            tx_id: [1; 12],
+            node_key: None,
+            padding: 0,
+        }),
+        [0; 24],
+    );
+    let (addr, from) = (w.nodes[0].addr, w.nodes[1].addr);
+    assert_eq!(
+        w.nodes[0].sock.handle_datagram(addr, from, &pkt, w.now),
+        Err(RecvError::UnknownDiscoSender)
+    );
+    let b_disco = DiscoPrivate::from_bytes([102; 32]);
+    let cmm = disco::seal(
+        &b_disco,
+        &w.nodes[0].sock.disco_public(),
+        &Message::CallMeMaybe(CallMeMaybe {
+            endpoints: vec![from],
+        }),
+        [0; 24],
+    );
+    assert_eq!(
+        w.nodes[0].sock.handle_datagram(addr, from, &cmm, w.now),
+        Err(RecvError::CallMeMaybeNotViaDerp)
+    );
+    assert!(w.nodes[0].sock.poll_transmit().is_none());
+    assert_eq!(
+        w.nodes[0]
+            .sock
+            .handle_datagram(addr, from, &[4, 0, 0, 0, 9, 9, 9], w.now),
+        Err(RecvError::Wg(WgError::Malformed))
+    );
+}
+
+#[test]
+fn stun_reply_sets_endpoints_and_home_region() {
+    let now = Instant::now();
+    let mut n = node(1, false, now);
+    let stun_addr: SocketAddr = "198.51.100.1:3478".parse().expect("addr");
+    n.sock.set_derp_map(
+        vec![
+            DerpRegion {
+                id: 900,
+                stun: vec![],
+            },
+            DerpRegion {
+                id: 901,
+                stun: vec![stun_addr],
+            },
+        ],
+        now,
+    );
+    n.sock.handle_timeout(now);
+    let t = n.sock.poll_transmit().expect("stun probe");
+    assert_eq!(t.dst, Destination::Udp(stun_addr));
+    let tx = stun::parse_request(&t.payload).expect("request");
+    let mapped: SocketAddr = "203.0.113.5:61000".parse().expect("addr");
+    let reply = stun::response(tx, mapped);
+    n.sock
+        .handle_datagram(n.addr, stun_addr, &reply, now + ms(20))
+        .expect("stun");
+    let events: Vec<Event> = std::iter::from_fn(|| n.sock.poll_event()).collect();
+    assert!(events.contains(&Event::EndpointsChanged(vec![Endpoint {
+        addr: mapped,
+        kind: EndpointKind::Stun
+    }])));
+    assert!(events.contains(&Event::HomeDerpChanged(901)));
+    assert_eq!(
+        n.sock.handle_datagram(n.addr, stun_addr, &reply, now),
+        Err(RecvError::UnsolicitedStun)
+    );
+}
+
+#[test]
+fn better_addr_prefers_faster_and_private_paths_with_hysteresis() {
+    let a = |s: &str, l: u64| BestAddr {
+        addr: s.parse().expect("addr"),
+        latency: ms(l),
+    };
+    assert!(better_addr(&a("1.1.1.1:1", 10), &a("2.2.2.2:1", 50)));
+    assert!(!better_addr(&a("1.1.1.1:1", 50), &a("2.2.2.2:1", 10)));
+    assert!(
+        !better_addr(&a("1.1.1.1:1", 100), &a("2.2.2.2:1", 101)),
+        "1% faster is not enough"
+    );
+    assert!(
+        better_addr(&a("192.168.1.2:1", 10), &a("2.2.2.2:1", 10)),
+        "private beats public at equal speed"
+    );
+}
