@@ -1,0 +1,235 @@
+//! [`NoiseStream`]: tokio byte stream over ts2021 transport records.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use weft_key::MachinePublic;
+use weft_proto::noise::{NoiseError, RecordDecoder, RecordEncoder, Transport, MAX_PLAINTEXT_SIZE};
+
+/// Plaintext taken per `poll_write` call: four full records.
+const MAX_WRITE: usize = 4 * MAX_PLAINTEXT_SIZE;
+
+/// An established ts2021 session as a plaintext byte stream.
+///
+/// Reads decrypt the peer's records (empty records are skipped); writes are
+/// encrypted into records of at most 4077 plaintext bytes and buffered until
+/// written to the underlying IO, so `flush` must be called (HTTP stacks do).
+/// Any decryption, framing or IO error makes that direction fail for good.
+#[derive(Debug)]
+pub struct NoiseStream<IO> {
+    io: IO,
+    tx: RecordEncoder,
+    rx: RecordDecoder,
+    /// Encrypted bytes not yet written: `wbuf[wpos..]`.
+    wbuf: Vec<u8>,
+    wpos: usize,
+    /// Plaintext handed back for re-reading (e.g. bytes peeked while looking
+    /// for EarlyNoise): `prefix[ppos..]`.
+    prefix: Vec<u8>,
+    ppos: usize,
+    rx_error: Option<NoiseError>,
+    tx_error: bool,
+    peer: MachinePublic,
+    version: u16,
+    handshake_hash: [u8; 32],
+}
+
+impl<IO> NoiseStream<IO> {
+    /// Wraps `io`, positioned just after the handshake, with the session
+    /// from [`weft_proto::noise`].
+    pub fn new(io: IO, transport: Transport) -> Self {
+        Self {
+            io,
+            tx: transport.tx,
+            rx: transport.rx,
+            wbuf: Vec::with_capacity(MAX_WRITE + 4 * 19),
+            wpos: 0,
+            prefix: Vec::new(),
+            ppos: 0,
+            rx_error: None,
+            tx_error: false,
+            peer: transport.peer,
+            version: transport.version,
+            handshake_hash: transport.handshake_hash,
+        }
+    }
+
+    /// The peer's static key: the client's machine key on a server, the
+    /// server's Noise key on a client.
+    pub fn peer(&self) -> MachinePublic {
+        self.peer
+    }
+
+    /// The protocol version (client capability version) of the handshake.
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
+    /// The final Noise handshake hash.
+    pub fn handshake_hash(&self) -> [u8; 32] {
+        self.handshake_hash
+    }
+
+    /// Queues `bytes` to be sent as records with the next flush (used for the
+    /// server's EarlyNoise so it leaves in the same write as the response).
+    pub fn queue(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.compact_wbuf();
+        self.tx.encrypt(bytes, &mut self.wbuf).map_err(invalid)
+    }
+
+    /// Queues raw bytes (not encrypted) to go out before any record: the
+    /// handshake response.
+    pub(crate) fn queue_raw(&mut self, bytes: &[u8]) {
+        self.compact_wbuf();
+        self.wbuf.extend_from_slice(bytes);
+    }
+
+    /// Puts plaintext back in front of the read side.
+    pub(crate) fn unread(&mut self, bytes: &[u8]) {
+        let mut v = bytes.to_vec();
+        v.extend_from_slice(&self.prefix[self.ppos..]);
+        self.prefix = v;
+        self.ppos = 0;
+    }
+
+    /// The underlying IO.
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
+    fn compact_wbuf(&mut self) {
+        if self.wpos > 0 {
+            self.wbuf.drain(..self.wpos);
+            self.wpos = 0;
+        }
+    }
+}
+
+fn invalid(e: NoiseError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl<IO: AsyncWrite + Unpin> NoiseStream<IO> {
+    /// Writes out buffered records; `Ready(Ok)` once all are written.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.tx_error {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "ts2021 send side failed earlier",
+            )));
+        }
+        while self.wpos < self.wbuf.len() {
+            match ready!(Pin::new(&mut self.io).poll_write(cx, &self.wbuf[self.wpos..])) {
+                Ok(0) => {
+                    self.fail_tx();
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Ok(n) => self.wpos += n,
+                Err(e) => {
+                    self.fail_tx();
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    fn fail_tx(&mut self) {
+        self.tx_error = true;
+        self.tx.poison();
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for NoiseStream<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        if this.ppos < this.prefix.len() {
+            let n = (this.prefix.len() - this.ppos).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.ppos..this.ppos + n]);
+            this.ppos += n;
+            if this.ppos == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.ppos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(e) = &this.rx_error {
+            return Poll::Ready(Err(invalid(e.clone())));
+        }
+        loop {
+            match this.rx.read_plaintext(buf.initialize_unfilled()) {
+                Ok(0) => {}
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "ts2021 receive failed");
+                    this.rx_error = Some(e.clone());
+                    return Poll::Ready(Err(invalid(e)));
+                }
+            }
+            let space = this.rx.read_space();
+            let mut rb = ReadBuf::new(space);
+            ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            if n == 0 {
+                if this.rx.buffered() > 0 {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "ts2021 stream ended inside a record",
+                    )));
+                }
+                return Poll::Ready(Ok(()));
+            }
+            this.rx.commit(n);
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for NoiseStream<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let take = buf.len().min(MAX_WRITE);
+        if let Err(e) = this.tx.encrypt(&buf[..take], &mut this.wbuf) {
+            this.fail_tx();
+            return Poll::Ready(Err(invalid(e)));
+        }
+        // Start sending now; whatever does not fit waits for the next write or flush.
+        if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(take))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
