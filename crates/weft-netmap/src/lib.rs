@@ -296,29 +296,11 @@ impl MapSession {
     }
 
     fn control_now(&self, now: SystemTime) -> Time {
-        let n = Time::from_system(now);
-        if self.skew_nanos >= 0 {
-            n.add(Duration::from_nanos(
-                self.skew_nanos.min(u64::MAX as i128) as u64
-            ))
-        } else {
-            n.sub(Duration::from_nanos(
-                (-self.skew_nanos).min(u64::MAX as i128) as u64,
-            ))
-        }
+        shift(Time::from_system(now), self.skew_nanos)
     }
 
     fn to_local(&self, t: Time) -> SystemTime {
-        let local = if self.skew_nanos >= 0 {
-            t.sub(Duration::from_nanos(
-                self.skew_nanos.min(u64::MAX as i128) as u64
-            ))
-        } else {
-            t.add(Duration::from_nanos(
-                (-self.skew_nanos).min(u64::MAX as i128) as u64,
-            ))
-        };
-        local.to_system()
+        shift(t, -self.skew_nanos).to_system()
     }
 
     fn apply_peers(&mut self, resp: &MapResponse, now: SystemTime) -> bool {
@@ -411,6 +393,15 @@ impl MapSession {
         let changed = self.derp_map.as_ref() != Some(&dm);
         self.derp_map = Some(dm);
         changed
+    }
+}
+
+fn shift(t: Time, nanos: i128) -> Time {
+    let d = Duration::from_nanos(nanos.unsigned_abs().min(u128::from(u64::MAX)) as u64);
+    if nanos >= 0 {
+        t + d
+    } else {
+        t - d
     }
 }
 
