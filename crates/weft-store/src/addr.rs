@@ -78,7 +78,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn first_address_is_100_64_0_1_and_fd7a_115c_a1e0__1() {
+    fn first_addresses_are_the_lowest_of_each_range() {
         let (v4, v6) = next_addresses(&BTreeSet::new(), &BTreeSet::new()).unwrap();
         assert_eq!(v4, Ipv4Addr::new(100, 64, 0, 1));
         assert_eq!(v6, "fd7a:115c:a1e0::1".parse::<Ipv6Addr>().unwrap());
