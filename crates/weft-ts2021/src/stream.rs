@@ -233,3 +233,98 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for NoiseStream<IO> {
         Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use weft_key::MachinePrivate;
+    use weft_proto::noise::{Initiator, Responder};
+
+    use super::*;
+
+    fn pair<IO>(a: IO, b: IO) -> (NoiseStream<IO>, NoiseStream<IO>) {
+        let server = MachinePrivate::from_bytes([1; 32]);
+        let machine = MachinePrivate::from_bytes([2; 32]);
+        let init = Initiator::new(&machine, server.public(), 130, [3; 32]).expect("init");
+        let resp = Responder::read_initiation(&server, init.initiation()).expect("accept");
+        let (msg2, st) = resp.respond([4; 32]).expect("respond");
+        let ct = init.finish(&msg2).expect("finish");
+        (NoiseStream::new(a, ct), NoiseStream::new(b, st))
+    }
+
+    #[tokio::test]
+    async fn megabytes_cross_a_tiny_pipe_in_both_directions() {
+        let (a, b) = tokio::io::duplex(61);
+        let (client, mut server) = pair(a, b);
+        assert_eq!(server.peer(), MachinePrivate::from_bytes([2; 32]).public());
+        let up: Vec<u8> = (0..1_000_003u32).map(|i| (i % 253) as u8).collect();
+        let down: Vec<u8> = up.iter().rev().copied().collect();
+        let (up2, down2) = (up.clone(), down.clone());
+        let c = tokio::spawn(async move {
+            let (mut r, mut w) = tokio::io::split(client);
+            let writer = async {
+                for chunk in up2.chunks(7777) {
+                    w.write_all(chunk).await.expect("client write");
+                }
+                w.flush().await.expect("client flush");
+                w
+            };
+            let reader = async {
+                let mut got = vec![0u8; down2.len()];
+                r.read_exact(&mut got).await.expect("client read");
+                got
+            };
+            let (_w, got) = tokio::join!(writer, reader);
+            assert!(got == down2, "client received different bytes");
+        });
+        let (mut r, mut w) = tokio::io::split(&mut server);
+        let writer = async {
+            w.write_all(&down).await.expect("server write");
+            w.flush().await.expect("server flush");
+        };
+        let reader = async {
+            let mut got = vec![0u8; up.len()];
+            r.read_exact(&mut got).await.expect("server read");
+            got
+        };
+        let ((), got) = tokio::join!(writer, reader);
+        assert!(got == up, "server received different bytes");
+        c.await.expect("client task");
+    }
+
+    #[tokio::test]
+    async fn eof_between_records_reads_zero() {
+        let (a, raw) = tokio::io::duplex(64);
+        let (mut client, _) = pair(a, tokio::io::duplex(8).0);
+        drop(raw);
+        let mut buf = [0u8; 1];
+        assert_eq!(client.read(&mut buf).await.expect("eof is clean"), 0);
+    }
+
+    #[tokio::test]
+    async fn tampered_record_fails_reads_for_good() {
+        let (a, mut raw) = tokio::io::duplex(1 << 16);
+        let (mut client, _) = pair(a, tokio::io::duplex(8).0);
+        raw.write_all(&[
+            4, 0, 20, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+        ])
+        .await
+        .expect("write");
+        let mut buf = [0u8; 16];
+        let e = client.read(&mut buf).await.expect_err("bad record");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        let e = client.read(&mut buf).await.expect_err("still failed");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn eof_inside_a_record_is_an_error() {
+        let (a, mut raw) = tokio::io::duplex(1 << 16);
+        let (mut client, _) = pair(a, tokio::io::duplex(8).0);
+        raw.write_all(&[4, 0, 20, 1, 2]).await.expect("write");
+        drop(raw);
+        let mut buf = [0u8; 16];
+        let e = client.read(&mut buf).await.expect_err("truncated");
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+}
