@@ -47,6 +47,13 @@ if [ "${1:-}" = stop ]; then
     exit 0
 fi
 
+# A data directory left by another PostgreSQL major version cannot be started: start over.
+MAJOR="$(basename "$(dirname "$BIN")")"
+if [ -f "$DATA/PG_VERSION" ] && [ "$(cat "$DATA/PG_VERSION")" != "$MAJOR" ]; then
+    log "discarding $DATA (made by PostgreSQL $(cat "$DATA/PG_VERSION"), have $MAJOR)"
+    rm -rf "$DATA"
+fi
+
 if [ ! -f "$DATA/PG_VERSION" ]; then
     log "initialising cluster in $DATA"
     mkdir -p "$DATA"

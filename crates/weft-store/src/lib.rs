@@ -177,6 +177,16 @@ pub trait Store: Send + Sync + 'static {
         key: weft_key::NodePublic,
         expiry: Option<OffsetDateTime>,
     ) -> StoreResult<Node>;
+    /// Re-registration in place: new node key, owner, expiry, etc., keeping id and
+    /// addresses, and consuming `r.auth_key_id` in the same transaction. `NotFound` for
+    /// an unknown node, user or key; `Conflict` for a spent key or a node key that
+    /// belongs to another node.
+    async fn reregister_node(
+        &self,
+        id: NodeId,
+        r: NodeReregistration,
+        now: OffsetDateTime,
+    ) -> StoreResult<Node>;
     /// Applies what a map request reports (disco key, endpoints, hostinfo, last seen).
     async fn update_node_live(&self, id: NodeId, update: NodeLiveUpdate) -> StoreResult<Node>;
     /// Sets or clears the key expiry.

@@ -277,6 +277,29 @@ impl NewNode {
     }
 }
 
+/// Input for [`crate::Store::reregister_node`]: a known machine registers again
+/// (pre-auth key or completed interactive login); the node keeps its id and addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReregistration {
+    /// The node key now in use (may equal the current one).
+    pub node_key: NodePublic,
+    /// Owner after the registration.
+    pub user_id: UserId,
+    /// New Hostinfo (also updates `hostname`); `None` keeps the stored one.
+    pub hostinfo: Option<serde_json::Value>,
+    /// New key expiry (`None` = never).
+    pub expiry: Option<OffsetDateTime>,
+    /// A pre-auth key to consume in the same transaction (must be usable at `now`);
+    /// recorded as the node's `auth_key_id`. `None` keeps the stored reference.
+    pub auth_key_id: Option<PreauthKeyId>,
+    /// New tags; `None` keeps the stored ones.
+    pub tags: Option<Vec<String>>,
+    /// Ephemeral flag.
+    pub ephemeral: bool,
+    /// New approval state; `None` keeps the stored one.
+    pub approved: Option<bool>,
+}
+
 /// What a map request updates (each `Some` field replaces the stored value).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeLiveUpdate {

@@ -279,6 +279,29 @@ macro_rules! impl_store {
             Ok(r.is_some())
         }
 
+        /// Consumes one use of a pre-auth key inside `tx`.
+        async fn consume_key(tx: &mut Tx, kid: PreauthKeyId, now: OffsetDateTime) -> StoreResult<()> {
+            let res = sqlx::query(
+                "UPDATE preauth_keys SET used = TRUE, use_count = use_count + 1 \
+                 WHERE id = $1 AND (reusable OR NOT used) AND (expiration IS NULL OR expiration > $2)",
+            )
+            .bind(kid.0)
+            .bind(ts(now))
+            .execute(&mut **tx)
+            .await?;
+            if res.rows_affected() > 0 {
+                return Ok(());
+            }
+            let exists = sqlx::query("SELECT id FROM preauth_keys WHERE id = $1")
+                .bind(kid.0)
+                .fetch_optional(&mut **tx)
+                .await?;
+            Err(match exists {
+                Some(_) => StoreError::Conflict(format!("pre-auth key {kid} is spent or expired")),
+                None => StoreError::NotFound(format!("pre-auth key {kid}")),
+            })
+        }
+
         impl $ty {
             async fn update_node_returning(&self, q: sqlx::query::Query<'_, $db, <$db as sqlx::Database>::Arguments>, id: NodeId) -> StoreResult<Node> {
                 let row = q.fetch_optional(&self.pool).await?;
@@ -293,24 +316,7 @@ macro_rules! impl_store {
                     return Err(StoreError::NotFound(format!("user {}", new.user_id)));
                 }
                 if let Some(kid) = new.auth_key_id {
-                    let res = sqlx::query(
-                        "UPDATE preauth_keys SET used = TRUE, use_count = use_count + 1 \
-                         WHERE id = $1 AND (reusable OR NOT used) AND (expiration IS NULL OR expiration > $2)",
-                    )
-                    .bind(kid.0)
-                    .bind(ts(now))
-                    .execute(&mut *tx)
-                    .await?;
-                    if res.rows_affected() == 0 {
-                        let exists = sqlx::query("SELECT id FROM preauth_keys WHERE id = $1")
-                            .bind(kid.0)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                        return Err(match exists {
-                            Some(_) => StoreError::Conflict(format!("pre-auth key {kid} is spent or expired")),
-                            None => StoreError::NotFound(format!("pre-auth key {kid}")),
-                        });
-                    }
+                    consume_key(&mut tx, kid, now).await?;
                 }
                 let dup = sqlx::query("SELECT id FROM nodes WHERE machine_key = $1 OR node_key = $2")
                     .bind(new.machine_key.to_text())
@@ -659,6 +665,43 @@ macro_rules! impl_store {
                 .bind(ts_opt(expiry))
                 .bind(ts(now()));
                 self.update_node_returning(q, id).await
+            }
+
+            async fn reregister_node(&self, id: NodeId, r: NodeReregistration, now: OffsetDateTime) -> StoreResult<Node> {
+                let mut tx = self.begin_write().await?;
+                if !node_exists(&mut tx, id).await? {
+                    return Err(StoreError::NotFound(format!("node {id}")));
+                }
+                if !user_exists(&mut tx, r.user_id).await? {
+                    return Err(StoreError::NotFound(format!("user {}", r.user_id)));
+                }
+                if let Some(kid) = r.auth_key_id {
+                    consume_key(&mut tx, kid, now).await?;
+                }
+                let hostname = r.hostinfo.as_ref().and_then(hostname_from_hostinfo);
+                let row = sqlx::query(concat!(
+                    "UPDATE nodes SET node_key = $2, user_id = $3, hostinfo_json = COALESCE($4, hostinfo_json), \
+                     hostname = COALESCE($5, hostname), expiry = $6, auth_key_id = COALESCE($7, auth_key_id), \
+                     tags_json = COALESCE($8, tags_json), ephemeral = $9, approved = COALESCE($10, approved), \
+                     updated_at = $11 WHERE id = $1 RETURNING ",
+                    node_cols!()
+                ))
+                .bind(id.0)
+                .bind(r.node_key.to_text())
+                .bind(r.user_id.0)
+                .bind(r.hostinfo.as_ref().map(|h| to_json(h)))
+                .bind(hostname)
+                .bind(ts_opt(r.expiry))
+                .bind(r.auth_key_id.map(|k| k.0))
+                .bind(r.tags.as_ref().map(|t| to_json(t)))
+                .bind(r.ephemeral)
+                .bind(r.approved)
+                .bind(ts(now))
+                .fetch_one(&mut *tx)
+                .await?;
+                let node = node_from_row(&row)?;
+                tx.commit().await?;
+                Ok(node)
             }
 
             async fn update_node_live(&self, id: NodeId, u: NodeLiveUpdate) -> StoreResult<Node> {

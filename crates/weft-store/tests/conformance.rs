@@ -508,6 +508,95 @@ async fn create_node_consumes_its_pre_auth_key_atomically(s: &dyn Store) {
     // Deleting the key keeps the node and clears its reference.
     s.delete_preauth_key(single.id).await.unwrap();
     assert_eq!(s.get_node(n.id).await.unwrap().auth_key_id, None);
+
+    // Re-registration in place keeps id and addresses and consumes its key atomically.
+    let (rk, _) = s
+        .create_preauth_key(NewPreauthKey {
+            user_id: u.id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let other = user(s, "ak-other").await;
+    let rereg = NodeReregistration {
+        node_key: nkey(10),
+        user_id: other.id,
+        hostinfo: Some(json!({"Hostname": "again"})),
+        expiry: Some(NOW + Duration::days(1)),
+        auth_key_id: Some(rk.id),
+        tags: Some(vec!["tag:x".into()]),
+        ephemeral: true,
+        approved: None,
+    };
+    let r = s.reregister_node(n.id, rereg.clone(), NOW).await.unwrap();
+    assert_eq!(
+        (r.id, r.ipv4, r.ipv6, r.machine_key),
+        (n.id, n.ipv4, n.ipv6, n.machine_key)
+    );
+    assert_eq!(
+        (r.node_key, r.user_id, r.hostname.as_str()),
+        (nkey(10), other.id, "again")
+    );
+    assert_eq!(
+        (r.auth_key_id, r.expiry),
+        (Some(rk.id), Some(NOW + Duration::days(1)))
+    );
+    assert_eq!(r.tags, vec!["tag:x".to_owned()]);
+    assert!(r.ephemeral && r.approved);
+    assert!(s.get_preauth_key(rk.id).await.unwrap().used);
+
+    let before = snapshot(s).await;
+    assert!(
+        s.reregister_node(n.id, rereg.clone(), NOW)
+            .await
+            .unwrap_err()
+            .is_conflict(),
+        "spent key"
+    );
+    let (fresh, _) = s
+        .create_preauth_key(NewPreauthKey {
+            user_id: u.id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let before = (before, snapshot(s).await);
+    let taken_key = NodeReregistration {
+        node_key: nkey(2),
+        auth_key_id: Some(fresh.id),
+        ..rereg.clone()
+    };
+    assert!(
+        s.reregister_node(n.id, taken_key, NOW)
+            .await
+            .unwrap_err()
+            .is_conflict(),
+        "key of another node"
+    );
+    assert!(
+        !s.get_preauth_key(fresh.id).await.unwrap().used,
+        "rolled back"
+    );
+    let no_user = NodeReregistration {
+        user_id: UserId(77_777),
+        auth_key_id: None,
+        ..rereg.clone()
+    };
+    assert!(s
+        .reregister_node(n.id, no_user, NOW)
+        .await
+        .unwrap_err()
+        .is_not_found());
+    assert!(s
+        .reregister_node(NodeId(77_777), rereg, NOW)
+        .await
+        .unwrap_err()
+        .is_not_found());
+    assert_eq!(snapshot(s).await, before.1);
+    assert_eq!(
+        before.0 .2, before.1 .2,
+        "nodes unchanged by the spent-key attempt"
+    );
 }
 
 async fn failing_operations_leave_the_database_unchanged(s: &dyn Store) {
