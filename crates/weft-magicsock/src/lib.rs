@@ -350,6 +350,18 @@ impl PeerState {
         }
     }
 
+    /// Forgets everything learned through disco (the peer restarted).
+    fn reset_paths(&mut self) {
+        self.best = None;
+        self.trust_until = None;
+        self.sent_pings.clear();
+        self.candidates.retain(|_, c| c.from_netmap);
+        for c in self.candidates.values_mut() {
+            c.last_ping = None;
+        }
+        self.last_full_ping = None;
+    }
+
     fn set_netmap_endpoints(&mut self, endpoints: &[SocketAddr], now: Instant) {
         for c in self.candidates.values_mut() {
             c.from_netmap = false;
@@ -462,6 +474,16 @@ impl Magicsock {
             self.timers.clear(Timer::PeerSweep(k));
         }
         for (key, cfg) in wanted {
+            let restarted = self
+                .peers
+                .get(&key)
+                .is_some_and(|p| p.cfg.disco_key != cfg.disco_key);
+            if restarted {
+                // A new disco key means the peer process restarted and lost its
+                // WireGuard sessions: start over instead of waiting out
+                // WireGuard's 15 s dead-session timer.
+                self.wg.remove_peer(&key);
+            }
             if !self.wg.contains(&key) {
                 let index = loop {
                     let i = self.rng.range(1, 1 << 24) as u32;
@@ -484,11 +506,7 @@ impl Magicsock {
                 reported: Path::None,
             });
             if p.cfg.disco_key != cfg.disco_key {
-                p.best = None;
-                p.trust_until = None;
-                p.sent_pings.clear();
-                p.candidates.clear();
-                p.last_full_ping = None;
+                p.reset_paths();
             }
             p.set_netmap_endpoints(&cfg.endpoints, now);
             p.cfg = cfg;
@@ -597,6 +615,16 @@ impl Magicsock {
             return self.handle_disco(Src::Derp { region, from }, bytes, now);
         }
         self.handle_wg(Src::Derp { region, from }, bytes, now)
+    }
+
+    /// A DERP region said `peer` is gone (PeerGone): forget that we heard it there.
+    pub fn handle_derp_peer_gone(&mut self, region: RegionId, peer: NodePublic, now: Instant) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if p.derp_route == Some(region) {
+                p.derp_route = None;
+            }
+        }
+        self.refresh_path(peer, now);
     }
 
     /// An IP packet read from TUN, to encrypt and send to the peer that owns
@@ -962,9 +990,27 @@ impl Magicsock {
             if !allowed {
                 return Err(RecvError::SourceNotAllowed(inner_src));
             }
+            if let Some(key) = tsmp_disco_key(&packet) {
+                // Never for the OS. The session authenticated the sender's node
+                // key, so the advertised disco key can be trusted.
+                self.set_peer_disco_key(peer, key, now);
+                return Ok(());
+            }
             self.ip_out.push_back(packet);
         }
         Ok(())
+    }
+
+    fn set_peer_disco_key(&mut self, peer: NodePublic, key: DiscoPublic, now: Instant) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if p.cfg.disco_key != key {
+            tracing::debug!(peer = %peer.short(), disco = %key.short(), "peer disco key advertised");
+            p.cfg.disco_key = key;
+            p.reset_paths();
+            self.refresh_path(peer, now);
+        }
     }
 
     fn heartbeat(&mut self, peer: NodePublic, now: Instant) {
@@ -1191,6 +1237,20 @@ pub fn ip_dst(packet: &[u8]) -> Option<IpAddr> {
         6 if packet.len() >= 40 => Some(IpAddr::from(<[u8; 16]>::try_from(&packet[24..40]).ok()?)),
         _ => None,
     }
+}
+
+/// TSMP (IP protocol 99) type `'a'`: a peer advertising its disco key.
+fn tsmp_disco_key(packet: &[u8]) -> Option<DiscoPublic> {
+    let payload = match packet.first()? >> 4 {
+        4 if packet.len() >= 20 && packet[9] == 99 => {
+            packet.get(usize::from(packet[0] & 0x0f) * 4..)?
+        }
+        6 if packet.len() >= 40 && packet[6] == 99 => &packet[40..],
+        _ => return None,
+    };
+    let (ty, rest) = payload.split_first()?;
+    let key: [u8; 32] = rest.get(..32)?.try_into().ok()?;
+    (*ty == b'a').then_some(DiscoPublic::from_bytes(key))
 }
 
 /// Tailscale's `betterAddr`: is `a` a better direct path than `b`?

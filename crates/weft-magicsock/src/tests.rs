@@ -377,3 +377,139 @@ fn better_addr_prefers_faster_and_private_paths_with_hysteresis() {
         "private beats public at equal speed"
     );
 }
+
+#[test]
+fn a_peer_that_restarts_with_a_new_disco_key_is_rediscovered() {
+    let mut w = World::new(true);
+    w.send(0, b"hello").expect("send");
+    let b_key = w.nodes[1].sock.node_public();
+    assert!(matches!(
+        w.nodes[0].sock.path(&b_key, w.now),
+        Path::Direct(_)
+    ));
+    // b restarts: new disco key, same node key; control tells a.
+    let cfg = Config {
+        node_private: NodePrivate::from_bytes([2; 32]),
+        disco_private: DiscoPrivate::from_bytes([55; 32]),
+    };
+    w.nodes[1].sock = Magicsock::new(cfg, [9; 32], w.now);
+    w.nodes[1].sock.set_derp_map(
+        vec![DerpRegion {
+            id: 900,
+            stun: vec![],
+        }],
+        w.now,
+    );
+    let b_addr = w.nodes[1].addr;
+    w.nodes[1].sock.set_own_endpoints(vec![b_addr], w.now);
+    let (ca, cb) = (peer_cfg(&w.nodes[0]), peer_cfg(&w.nodes[1]));
+    w.nodes[1].sock.set_peers(vec![ca], w.now);
+    w.nodes[0].sock.set_peers(vec![cb], w.now);
+    assert_eq!(
+        w.nodes[0].sock.path(&b_key, w.now),
+        Path::Derp(900),
+        "old direct path forgotten"
+    );
+    w.advance(ms(100));
+    w.send(0, b"after restart").expect("send");
+    w.advance(Duration::from_secs(10));
+    w.send(0, b"again").expect("send");
+    assert!(w.nodes[1].delivered.iter().any(|p| p.ends_with(b"again")));
+    assert_eq!(w.nodes[0].sock.path(&b_key, w.now), Path::Direct(b_addr));
+}
+
+#[test]
+fn removed_peers_lose_their_session_and_route() {
+    let mut w = World::new(true);
+    w.send(0, b"hello").expect("send");
+    w.nodes[0].sock.set_peers(vec![], w.now);
+    let pkt = ipv4_udp(w.nodes[0].ip, w.nodes[1].ip, b"x");
+    assert_eq!(
+        w.nodes[0].sock.handle_ip_packet(&pkt, w.now),
+        Err(SendError::NoRoute(w.nodes[1].ip))
+    );
+    assert!(w.nodes[0].sock.peer_status(w.now).is_empty());
+}
+
+#[test]
+fn peer_gone_forgets_the_derp_route_but_not_the_home_region() {
+    let mut w = World::new(false);
+    w.send(1, b"hi").expect("send");
+    let b_key = w.nodes[1].sock.node_public();
+    w.nodes[0].sock.handle_derp_peer_gone(900, b_key, w.now);
+    assert_eq!(w.nodes[0].sock.path(&b_key, w.now), Path::Derp(900));
+}
+
+#[test]
+fn tsmp_disco_key_advertisements_never_reach_tun() {
+    let mut ip = vec![
+        0x45, 0, 0, 53, 0, 0, 0, 0, 64, 99, 0, 0, 100, 64, 0, 2, 100, 64, 0, 1,
+    ];
+    ip.push(b'a');
+    ip.extend_from_slice(&[7; 32]);
+    assert_eq!(tsmp_disco_key(&ip), Some(DiscoPublic::from_bytes([7; 32])));
+    ip[20] = b'p';
+    assert_eq!(tsmp_disco_key(&ip), None);
+    assert_eq!(tsmp_disco_key(&ip[..25]), None);
+
+    let mut w = World::new(false);
+    w.send(0, b"hello").expect("send");
+    let mut adv = vec![
+        0x45, 0, 0, 53, 0, 0, 0, 0, 64, 99, 0, 0, 100, 64, 0, 2, 100, 64, 0, 1, b'a',
+    ];
+    adv.extend_from_slice(&[7; 32]);
+    let before = w.nodes[0].delivered.len();
+    w.nodes[1].sock.handle_ip_packet(&adv, w.now).expect("send");
+    w.flush();
+    assert_eq!(w.nodes[0].delivered.len(), before);
+    let b = w.nodes[1].sock.node_public();
+    assert_eq!(
+        w.nodes[0].sock.peers[&b].cfg.disco_key,
+        DiscoPublic::from_bytes([7; 32])
+    );
+}
+
+mod garbage {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn prefixed() -> impl Strategy<Value = Vec<u8>> {
+        let prefixes: Vec<Vec<u8>> = vec![
+            vec![],
+            disco::MAGIC.to_vec(),
+            vec![1, 0, 0, 0],
+            vec![2, 0, 0, 0],
+            vec![3, 0, 0, 0],
+            vec![4, 0, 0, 0],
+            vec![1, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42],
+            vec![0x45, 0],
+            vec![0x60, 0],
+        ];
+        (
+            proptest::sample::select(prefixes),
+            proptest::collection::vec(any::<u8>(), 0..300),
+        )
+            .prop_map(|(mut p, r)| {
+                p.extend(r);
+                p
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn arbitrary_input_never_panics(bytes in prefixed()) {
+            let mut w = World::new(true);
+            let (a, from) = (w.nodes[0].addr, w.nodes[1].addr);
+            let b_key = w.nodes[1].sock.node_public();
+            let now = w.now;
+            let s = &mut w.nodes[0].sock;
+            let _ = s.handle_datagram(a, from, &bytes, now);
+            let _ = s.handle_derp_packet(900, b_key, &bytes, now);
+            let _ = s.handle_derp_packet(900, NodePublic::from_bytes([42; 32]), &bytes, now);
+            let _ = s.handle_ip_packet(&bytes, now);
+            s.handle_timeout(now + Duration::from_secs(10));
+            while s.poll_transmit().is_some() {}
+        }
+    }
+}
