@@ -228,7 +228,10 @@ impl Compiled {
             filters: Vec::new(),
             visible: Vec::new(),
             routes: BTreeMap::new(),
-            internet_strings: the_internet().range_strings(),
+            internet_strings: the_internet()
+                .ranges()
+                .map(|(a, b)| format!("{a}-{b}"))
+                .collect(),
         };
         for n in &snapshot.nodes {
             let facts = Facts::new(n.clone());
@@ -520,20 +523,19 @@ impl Compiled {
 
     fn compute_rule_sources(&mut self, ri: usize) {
         let rule = &self.policy.rules[ri];
-        let mut set = IpSet::new();
-        let mut parts: Vec<&IpSet> = Vec::new();
+        // Tailscale lists `*`'s ranges and the other selectors' addresses side by side, without
+        // folding node addresses into the wildcard ranges.
+        let mut others = IpSet::new();
         let mut node_based = false;
-        let mut tmp = Vec::new();
+        let mut prefixes = Vec::new();
         for a in &rule.src {
             match a {
-                Alias::Wildcard => parts.push(wildcard_sources()),
-                Alias::Host(_, n) | Alias::Prefix(n) => tmp.push(IpSet::from_net(*n)),
-                Alias::AutoGroup(AutoGroup::DangerAll) => {}
+                Alias::Host(_, n) | Alias::Prefix(n) => prefixes.push(IpSet::from_net(*n)),
+                Alias::Wildcard | Alias::AutoGroup(AutoGroup::DangerAll) => {}
                 _ => node_based = true,
             }
         }
         if node_based {
-            let mut ns = IpSet::new();
             let mut addrs = Vec::new();
             for (_, f) in self.live() {
                 if !f.node.addresses.is_empty()
@@ -542,10 +544,9 @@ impl Compiled {
                     addrs.extend(f.node.addresses.iter().copied());
                 }
             }
-            ns.add_addrs(addrs);
-            tmp.push(ns);
+            others.add_addrs(addrs);
         }
-        set.extend_all(parts.into_iter().chain(tmp.iter()));
+        others.extend_all(prefixes.iter());
         let st = &mut self.rules[ri];
         if st.danger_all {
             st.src_strings = vec!["*".to_string()];
@@ -554,9 +555,12 @@ impl Compiled {
             st.src_set = all;
             return;
         }
-        let mut strings = set.range_strings();
+        let mut strings = others.range_strings();
+        let mut set = others;
         if st.wildcard_src {
+            strings.extend(wildcard_sources().range_strings());
             strings.extend(self.routes.keys().map(ToString::to_string));
+            set.extend(wildcard_sources());
         }
         strings.sort();
         strings.dedup();

@@ -475,7 +475,7 @@ mod tests {
             m[1].0.pos,
             Pos {
                 line: 2,
-                column: 27
+                column: 25
             }
         );
     }

@@ -476,9 +476,16 @@ impl Policy {
                 PolicyError::new(pos, format!("dst {d:?} must be of the form host:ports"))
             })?;
             let alias = self.parse_alias(alias_text, pos, Side::Dst)?;
+            check_not_all_ips(&alias, &d, pos)?;
             let ports = parse_ports(ports_text)
                 .map_err(|r| PolicyError::new(pos, format!("dst {d:?}: {r}")))?;
             parsed.push((Target { alias, pos }, ports));
+        }
+        if parsed
+            .iter()
+            .any(|(t, _)| t.alias == Alias::AutoGroup(AutoGroup::SelfDevices))
+        {
+            check_self_sources(&src, true, v.pos)?;
         }
         // autogroup:self destinations go after the others when the entry mixes both.
         let (selfs, others): (Vec<_>, Vec<_>) = parsed
@@ -502,10 +509,15 @@ impl Policy {
         let dst_list = as_str_array(need(m, "dst", v.pos)?, "dst")?;
         let mut dst = Vec::new();
         for (d, pos) in dst_list {
-            dst.push(Target {
-                alias: self.parse_alias(&d, pos, Side::Dst)?,
-                pos,
-            });
+            let alias = self.parse_alias(&d, pos, Side::Dst)?;
+            check_not_all_ips(&alias, &d, pos)?;
+            dst.push(Target { alias, pos });
+        }
+        if dst
+            .iter()
+            .any(|t| t.alias == Alias::AutoGroup(AutoGroup::SelfDevices))
+        {
+            check_self_sources(&src, false, v.pos)?;
         }
         if let Some(via) = get_member(m, "via") {
             return Err(PolicyError::new(
@@ -514,14 +526,23 @@ impl Policy {
             ));
         }
         let mut groups: Vec<(Protos, Vec<Ports>)> = Vec::new();
+        let has_app = get_member(m, "app")
+            .is_some_and(|a| !matches!(&a.kind, Kind::Object(o) if o.is_empty()));
         match get_member(m, "ip") {
             None => {
-                if get_member(m, "app").is_none() {
+                if !has_app {
                     return Err(PolicyError::new(v.pos, "a grant needs \"ip\" or \"app\""));
                 }
             }
             Some(ipv) => {
-                for (s, pos) in as_str_array(ipv, "ip")? {
+                let entries = as_str_array(ipv, "ip")?;
+                if entries.is_empty() && !has_app {
+                    return Err(PolicyError::new(
+                        ipv.pos,
+                        "ip and app can not both be empty",
+                    ));
+                }
+                for (s, pos) in entries {
                     let (protos, ports) =
                         parse_grant_ip(&s).map_err(|r| PolicyError::new(pos, r))?;
                     match groups.iter_mut().find(|(p, _)| *p == protos) {
@@ -622,6 +643,12 @@ impl Policy {
             }
         }
         let [accept, deny] = lists;
+        if accept.is_empty() && deny.is_empty() {
+            return Err(PolicyError::new(
+                v.pos,
+                "a test needs \"accept\" or \"deny\" destinations",
+            ));
+        }
         Ok(PolicyTest {
             index,
             pos: v.pos,
@@ -647,6 +674,35 @@ impl Side {
             Side::Src | Side::TestSrc => "source",
             Side::Dst => "destination",
         }
+    }
+}
+
+/// `autogroup:self` destinations only combine with sources that name users.
+fn check_self_sources(src: &[Alias], wildcard_ok: bool, pos: Pos) -> Result<(), PolicyError> {
+    let ok = src.iter().all(|a| {
+        (wildcard_ok && *a == Alias::Wildcard)
+            || matches!(
+                a,
+                Alias::User(_) | Alias::Group(_) | Alias::AutoGroup(AutoGroup::Member)
+            )
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(PolicyError::new(
+            pos,
+            "autogroup:self can only be used with users, groups, or supported autogroups",
+        ))
+    }
+}
+
+fn check_not_all_ips(alias: &Alias, text: &str, pos: Pos) -> Result<(), PolicyError> {
+    match alias {
+        Alias::Prefix(n) | Alias::Host(_, n) if n.prefix_len() == 0 => Err(PolicyError::new(
+            pos,
+            format!("dst {text:?}: to allow all IP addresses, use \"*\" or \"autogroup:internet\""),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -766,6 +822,11 @@ pub(crate) fn parse_ports(s: &str) -> Result<Vec<Ports>, String> {
         let r = match part.split_once('-') {
             Some((a, b)) => {
                 let (first, last) = (parse_port(a)?, parse_port(b)?);
+                if first == 0 {
+                    return Err(format!(
+                        "port range {part:?}: first port must be >0, or use '*' for wildcard"
+                    ));
+                }
                 if first > last {
                     return Err(format!("port range {part:?} is reversed"));
                 }
@@ -773,6 +834,11 @@ pub(crate) fn parse_ports(s: &str) -> Result<Vec<Ports>, String> {
             }
             None => {
                 let p = parse_port(part)?;
+                if p == 0 {
+                    return Err(format!(
+                        "port range {part:?}: first port must be >0, or use '*' for wildcard"
+                    ));
+                }
                 Ports { first: p, last: p }
             }
         };
