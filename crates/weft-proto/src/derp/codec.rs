@@ -542,6 +542,12 @@ impl Decoder {
         self.buf.extend_from_slice(chunk);
     }
 
+    /// The receive buffer, for reading socket data straight into it
+    /// (e.g. `reader.read_buf(decoder.buf_mut())`).
+    pub fn buf_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
     /// Bytes buffered but not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.buf.len()
