@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use weft_key::{random_bytes, ChallengePublic, MachinePrivate, MachinePublic};
 use weft_proto::noise::{self, EarlyNoise, Initiator};
 
@@ -35,7 +36,7 @@ pub struct Ts2021Client {
     authority: String,
     peer: MachinePublic,
     version: u16,
-    early_noise: Option<Arc<EarlyPayload>>,
+    early_noise: watch::Receiver<EarlyState>,
 }
 
 /// The server's EarlyNoise payload, if it sent one.
@@ -78,6 +79,14 @@ impl Ts2021Client {
         self.send(req).await
     }
 
+    /// GETs `path`.
+    pub async fn get(&self, path: &str) -> Result<Response<Incoming>, Error> {
+        let req = Request::get(path)
+            .body(Body::empty())
+            .map_err(|_| Error::InvalidUrl(path.to_owned()))?;
+        self.send(req).await
+    }
+
     /// The server's Noise key this connection authenticated.
     pub fn peer(&self) -> MachinePublic {
         self.peer
@@ -88,9 +97,19 @@ impl Ts2021Client {
         self.version
     }
 
-    /// The server's EarlyNoise payload, if any.
-    pub fn early_noise(&self) -> Option<&EarlyPayload> {
-        self.early_noise.as_deref()
+    /// The server's EarlyNoise payload, if it sent one. Waits until the
+    /// first bytes from the server have been seen (they arrive right after
+    /// the handshake); `None` if the server sent none or the connection ended.
+    pub async fn early_noise(&self) -> Option<Arc<EarlyPayload>> {
+        let mut rx = self.early_noise.clone();
+        let state = rx
+            .wait_for(|s| matches!(s, EarlyState::Done(_)))
+            .await
+            .ok()?;
+        match &*state {
+            EarlyState::Done(p) => p.clone(),
+            EarlyState::Pending => None,
+        }
     }
 
     /// Whether the connection is gone (server closed it or it failed).
@@ -161,9 +180,14 @@ pub async fn dial(
     }
     let transport = initiator.finish(&frame)?;
     let peer = transport.peer;
-    let mut stream = NoiseStream::new(io, transport);
-    let early_noise = read_early_noise(&mut stream).await?.map(Arc::new);
-
+    let (tx, early_noise) = watch::channel(EarlyState::Pending);
+    let stream = EarlyNoiseDetect {
+        inner: NoiseStream::new(io, transport),
+        detecting: true,
+        buf: Vec::new(),
+        pos: 0,
+        tx,
+    };
     let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake(TokioIo::new(stream))
         .await?;
@@ -253,44 +277,117 @@ struct EarlyNoiseJson {
     node_key_challenge: Option<ChallengePublic>,
 }
 
-/// Looks for EarlyNoise at the start of the server's plaintext; anything
-/// that turns out to be HTTP/2 is put back.
-async fn read_early_noise<IO: AsyncRead + Unpin>(
-    stream: &mut NoiseStream<IO>,
-) -> Result<Option<EarlyPayload>, Error> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match noise::parse_early_noise(&buf)? {
-            EarlyNoise::Absent => {
-                stream.unread(&buf);
-                return Ok(None);
+/// Progress of EarlyNoise detection, published by [`EarlyNoiseDetect`].
+#[derive(Debug, Clone)]
+enum EarlyState {
+    Pending,
+    Done(Option<Arc<EarlyPayload>>),
+}
+
+/// Looks for EarlyNoise at the start of the server's plaintext on the first
+/// reads (as Tailscale's client does, so a server that waits for the client's
+/// HTTP/2 preface does not stall the dial); bytes that turn out to be HTTP/2
+/// are replayed to the reader.
+struct EarlyNoiseDetect<S> {
+    inner: S,
+    detecting: bool,
+    /// Peeked bytes; while `detecting`, all of them; after, `buf[pos..]`
+    /// is replayed.
+    buf: Vec<u8>,
+    pos: usize,
+    tx: watch::Sender<EarlyState>,
+}
+
+impl<S: AsyncRead + Unpin> EarlyNoiseDetect<S> {
+    fn poll_detect(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match noise::parse_early_noise(&self.buf) {
+                Err(e) => {
+                    self.finish(None);
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        e,
+                    )));
+                }
+                Ok(EarlyNoise::Absent) => {
+                    self.finish(None);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(EarlyNoise::Present { json, consumed }) => {
+                    let node_key_challenge = serde_json::from_slice::<EarlyNoiseJson>(json)
+                        .ok()
+                        .and_then(|j| j.node_key_challenge);
+                    let payload = EarlyPayload {
+                        json: Bytes::copy_from_slice(json),
+                        node_key_challenge,
+                    };
+                    self.pos = consumed;
+                    self.finish(Some(Arc::new(payload)));
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(EarlyNoise::NeedMore) => {}
             }
-            EarlyNoise::Present { json, consumed } => {
-                let node_key_challenge = serde_json::from_slice::<EarlyNoiseJson>(json)
-                    .ok()
-                    .and_then(|j| j.node_key_challenge);
-                let payload = EarlyPayload {
-                    json: Bytes::copy_from_slice(json),
-                    node_key_challenge,
-                };
-                let rest = buf[consumed..].to_vec();
-                stream.unread(&rest);
-                return Ok(Some(payload));
+            // Read no further than the parser can use while the header is incomplete.
+            let want = match noise::EARLY_NOISE_HEADER_LEN.checked_sub(self.buf.len()) {
+                Some(n) if n > 0 => n,
+                _ => chunk.len(),
+            };
+            let mut rb = ReadBuf::new(&mut chunk[..want]);
+            std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
+            if rb.filled().is_empty() {
+                self.finish(None);
+                return Poll::Ready(Ok(()));
             }
-            EarlyNoise::NeedMore => {}
+            self.buf.extend_from_slice(rb.filled());
         }
-        // Read no further than the parser can use, so HTTP/2 bytes stay in
-        // the decoder where possible.
-        let want = match buf.len() {
-            n if n < noise::EARLY_NOISE_HEADER_LEN => noise::EARLY_NOISE_HEADER_LEN - n,
-            _ => chunk.len(),
-        };
-        let n = stream.read(&mut chunk[..want]).await?;
-        if n == 0 {
-            return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+
+    fn finish(&mut self, payload: Option<Arc<EarlyPayload>>) {
+        self.detecting = false;
+        let _ = self.tx.send(EarlyState::Done(payload));
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for EarlyNoiseDetect<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.detecting {
+            std::task::ready!(this.poll_detect(cx))?;
         }
-        buf.extend_from_slice(&chunk[..n]);
+        if this.pos < this.buf.len() {
+            let n = (this.buf.len() - this.pos).min(buf.remaining());
+            buf.put_slice(&this.buf[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.buf.len() {
+                this.buf = Vec::new();
+                this.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for EarlyNoiseDetect<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -391,5 +488,80 @@ impl AsyncWrite for MaybeTls {
             MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    fn detector<S>(inner: S) -> (EarlyNoiseDetect<S>, watch::Receiver<EarlyState>) {
+        let (tx, rx) = watch::channel(EarlyState::Pending);
+        let d = EarlyNoiseDetect {
+            inner,
+            detecting: true,
+            buf: Vec::new(),
+            pos: 0,
+            tx,
+        };
+        (d, rx)
+    }
+
+    async fn run(input: Vec<u8>) -> (Vec<u8>, EarlyState) {
+        // A 1-byte pipe makes every read return a single byte.
+        let (a, mut b) = tokio::io::duplex(1);
+        let (mut d, rx) = detector(a);
+        let writer = tokio::spawn(async move {
+            b.write_all(&input).await.expect("write");
+        });
+        let mut out = Vec::new();
+        d.read_to_end(&mut out).await.expect("read");
+        writer.await.expect("writer");
+        let state = rx.borrow().clone();
+        (out, state)
+    }
+
+    #[tokio::test]
+    async fn early_noise_split_across_reads_is_stripped_and_published() {
+        let challenge = ChallengePublic::from_bytes([0xcc; 32]);
+        let mut input = noise::encode_early_noise_challenge(&challenge);
+        input.extend_from_slice(b"\x00\x00\x00\x04http2");
+        let (out, state) = run(input).await;
+        assert_eq!(out, b"\x00\x00\x00\x04http2");
+        let EarlyState::Done(Some(p)) = state else {
+            panic!("payload expected, got {state:?}");
+        };
+        assert_eq!(p.node_key_challenge, Some(challenge));
+    }
+
+    #[tokio::test]
+    async fn bytes_without_early_noise_are_replayed_intact() {
+        let input = b"\x00\x00\x12\x04\x00\x00\x00\x00\x00rest of settings".to_vec();
+        let (out, state) = run(input.clone()).await;
+        assert_eq!(out, input);
+        assert!(matches!(state, EarlyState::Done(None)), "{state:?}");
+    }
+
+    #[tokio::test]
+    async fn partial_magic_then_other_bytes_is_not_early_noise() {
+        let input = b"\xff\xff\x00abc".to_vec();
+        let (out, state) = run(input.clone()).await;
+        assert_eq!(out, input);
+        assert!(matches!(state, EarlyState::Done(None)), "{state:?}");
+    }
+
+    #[test]
+    fn targets_parse_default_ports_and_ipv6() {
+        let t = Target::parse("https://ctl.example").expect("https");
+        assert!(t.tls);
+        assert_eq!((t.host.as_str(), t.port), ("ctl.example", 443));
+        assert_eq!(t.authority(), "ctl.example");
+        let t = Target::parse("http://[::1]:8080/path").expect("v6");
+        assert_eq!((t.host.as_str(), t.port), ("::1", 8080));
+        assert_eq!(t.authority(), "[::1]:8080");
+        assert!(Target::parse("ftp://x").is_err());
+        assert!(Target::parse("no scheme").is_err());
     }
 }

@@ -25,10 +25,6 @@ pub struct NoiseStream<IO> {
     /// Encrypted bytes not yet written: `wbuf[wpos..]`.
     wbuf: Vec<u8>,
     wpos: usize,
-    /// Plaintext handed back for re-reading (e.g. bytes peeked while looking
-    /// for EarlyNoise): `prefix[ppos..]`.
-    prefix: Vec<u8>,
-    ppos: usize,
     rx_error: Option<NoiseError>,
     tx_error: bool,
     peer: MachinePublic,
@@ -46,8 +42,6 @@ impl<IO> NoiseStream<IO> {
             rx: transport.rx,
             wbuf: Vec::with_capacity(MAX_WRITE + 4 * 19),
             wpos: 0,
-            prefix: Vec::new(),
-            ppos: 0,
             rx_error: None,
             tx_error: false,
             peer: transport.peer,
@@ -84,14 +78,6 @@ impl<IO> NoiseStream<IO> {
     pub(crate) fn queue_raw(&mut self, bytes: &[u8]) {
         self.compact_wbuf();
         self.wbuf.extend_from_slice(bytes);
-    }
-
-    /// Puts plaintext back in front of the read side.
-    pub(crate) fn unread(&mut self, bytes: &[u8]) {
-        let mut v = bytes.to_vec();
-        v.extend_from_slice(&self.prefix[self.ppos..]);
-        self.prefix = v;
-        self.ppos = 0;
     }
 
     /// The underlying IO.
@@ -152,16 +138,6 @@ impl<IO: AsyncRead + Unpin> AsyncRead for NoiseStream<IO> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if buf.remaining() == 0 {
-            return Poll::Ready(Ok(()));
-        }
-        if this.ppos < this.prefix.len() {
-            let n = (this.prefix.len() - this.ppos).min(buf.remaining());
-            buf.put_slice(&this.prefix[this.ppos..this.ppos + n]);
-            this.ppos += n;
-            if this.ppos == this.prefix.len() {
-                this.prefix = Vec::new();
-                this.ppos = 0;
-            }
             return Poll::Ready(Ok(()));
         }
         if let Some(e) = &this.rx_error {

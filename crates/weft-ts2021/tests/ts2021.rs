@@ -146,7 +146,7 @@ async fn handshake_authenticates_machine_key_to_handlers() {
     .expect("dial in time")
     .expect("dial");
     assert_eq!(client.peer(), server.key.public());
-    assert!(client.early_noise().is_none());
+    assert!(client.early_noise().await.is_none());
     let resp = client
         .send(
             hyper::Request::get("/whoami")
@@ -332,7 +332,7 @@ async fn early_noise_challenge_reaches_the_client_and_http2_still_works() {
     )
     .await
     .expect("dial");
-    let early = client.early_noise().expect("early payload");
+    let early = client.early_noise().await.expect("early payload");
     let chal = early.node_key_challenge.expect("challenge parsed");
     assert!(!chal.is_zero());
     let resp = client
