@@ -58,7 +58,7 @@ use weft_proto::disco::{self, CallMeMaybe, DiscoError, Message, Ping, Pong, TxId
 
 use crate::rng::Rng;
 use crate::timer::{Timer, TimerTable};
-use crate::wg::{WgError, WgPeers};
+use crate::wg::{WgError, WgOut, WgPeers};
 
 pub use crate::wg::WgStats;
 
@@ -386,6 +386,7 @@ pub struct Magicsock {
     disco_public: DiscoPublic,
     wg: WgPeers,
     peers: BTreeMap<NodePublic, PeerState>,
+    host_routes: BTreeMap<IpAddr, NodePublic>,
     regions: BTreeMap<RegionId, DerpRegion>,
     home: Option<RegionId>,
     local_endpoints: Vec<SocketAddr>,
@@ -421,6 +422,7 @@ impl Magicsock {
             wg: WgPeers::new(&config.node_private),
             disco_private: config.disco_private,
             peers: BTreeMap::new(),
+            host_routes: BTreeMap::new(),
             regions: BTreeMap::new(),
             home: None,
             local_endpoints: Vec::new(),
@@ -511,6 +513,17 @@ impl Magicsock {
             p.set_netmap_endpoints(&cfg.endpoints, now);
             p.cfg = cfg;
             self.refresh_path(key, now);
+        }
+        self.host_routes.clear();
+        for (k, p) in &self.peers {
+            for net in p
+                .cfg
+                .allowed_ips
+                .iter()
+                .filter(|n| n.prefix_len() == n.max_prefix_len())
+            {
+                self.host_routes.entry(net.addr()).or_insert(*k);
+            }
         }
     }
 
@@ -647,6 +660,84 @@ impl Magicsock {
         Ok(())
     }
 
+    /// Fast path for TUN → UDP: when the destination's peer has a trusted
+    /// direct path and an established session, encrypts `packet` into `out`
+    /// and returns the UDP destination and datagram length, allocating
+    /// nothing. Otherwise behaves like [`Self::handle_ip_packet`] (outputs go
+    /// to [`Self::poll_transmit`]) and returns `None`. `out` should hold
+    /// `packet.len() + 32` bytes (and at least 148).
+    pub fn encapsulate_direct(
+        &mut self,
+        packet: &[u8],
+        now: Instant,
+        out: &mut [u8],
+    ) -> Result<Option<(SocketAddr, usize)>, SendError> {
+        let dst = ip_dst(packet).ok_or(SendError::NotIp)?;
+        let peer = self.route(dst).ok_or(SendError::NoRoute(dst))?;
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return Err(SendError::UnknownPeer);
+        };
+        let best = p.best.filter(|_| p.trusted(now)).map(|b| b.addr);
+        let Some(addr) = best else {
+            return self.handle_ip_packet(packet, now).map(|()| None);
+        };
+        p.last_send_ext = Some(now);
+        if !p.heartbeat_on {
+            p.heartbeat_on = true;
+            self.timers
+                .set(Timer::Heartbeat(peer), now + HEARTBEAT_INTERVAL);
+        }
+        match self.wg.encapsulate_into(&peer, packet, out)? {
+            WgOut::Data(len) => Ok(Some((addr, len))),
+            WgOut::Handshake(len) => {
+                let d = out[..len].to_vec();
+                self.send_wg(peer, d, now)?;
+                Ok(None)
+            }
+            WgOut::Queued => Ok(None),
+        }
+    }
+
+    /// Fast path for UDP → TUN: decrypts a WireGuard transport datagram into
+    /// `out` and returns the IP packet's length, allocating nothing. Anything
+    /// else (handshakes, disco, STUN, keepalives, errors in the fast path's
+    /// preconditions) goes through [`Self::handle_datagram`] and returns
+    /// `None`; then drain the `poll_*` queues as usual. `out` should be at
+    /// least as long as `datagram`.
+    pub fn decapsulate_direct(
+        &mut self,
+        local: SocketAddr,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, RecvError> {
+        if datagram.first() != Some(&4) || out.len() < datagram.len() {
+            return self
+                .handle_datagram(local, from, datagram, now)
+                .map(|()| None);
+        }
+        let peer = self.wg.peer_of(datagram)?;
+        let Some((len, inner_src)) =
+            self.wg
+                .decapsulate_data_into(&peer, Some(from.ip()), datagram, out)?
+        else {
+            return Ok(None);
+        };
+        let allowed = self
+            .peers
+            .get(&peer)
+            .is_some_and(|p| p.cfg.allowed_ips.iter().any(|n| n.contains(&inner_src)));
+        if !allowed {
+            return Err(RecvError::SourceNotAllowed(inner_src));
+        }
+        if let Some(key) = tsmp_disco_key(&out[..len]) {
+            self.set_peer_disco_key(peer, key, now);
+            return Ok(None);
+        }
+        Ok(Some(len))
+    }
+
     /// Runs whatever is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         for t in self.timers.expired(now) {
@@ -692,6 +783,9 @@ impl Magicsock {
     // ---- internals ------------------------------------------------------
 
     fn route(&self, dst: IpAddr) -> Option<NodePublic> {
+        if let Some(k) = self.host_routes.get(&dst) {
+            return Some(*k);
+        }
         let mut best: Option<(u8, NodePublic)> = None;
         for (k, p) in &self.peers {
             for net in &p.cfg.allowed_ips {

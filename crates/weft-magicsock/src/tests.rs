@@ -513,3 +513,46 @@ mod garbage {
         }
     }
 }
+
+#[test]
+fn fast_paths_carry_data_without_queues_once_direct() {
+    let mut w = World::new(true);
+    w.send(0, b"hello").expect("send");
+    let (a_addr, b_addr) = (w.nodes[0].addr, w.nodes[1].addr);
+    let pkt = ipv4_udp(w.nodes[0].ip, w.nodes[1].ip, b"fast");
+    let mut out = vec![0u8; 2048];
+    let (dst, len) = w.nodes[0]
+        .sock
+        .encapsulate_direct(&pkt, w.now, &mut out)
+        .expect("encap")
+        .expect("fast");
+    assert_eq!(dst, b_addr);
+    assert!(w.nodes[0].sock.poll_transmit().is_none(), "nothing queued");
+    let mut plain = vec![0u8; 2048];
+    let n = w.nodes[1]
+        .sock
+        .decapsulate_direct(b_addr, a_addr, &out[..len], w.now, &mut plain)
+        .expect("decap")
+        .expect("fast");
+    assert_eq!(&plain[..n], &pkt[..]);
+    assert_eq!(
+        w.nodes[1]
+            .sock
+            .decapsulate_direct(b_addr, a_addr, &out[..len], w.now, &mut plain),
+        Err(RecvError::Wg(WgError::Rejected("duplicate counter"))),
+        "replays are refused"
+    );
+}
+
+#[test]
+fn fast_path_falls_back_to_queues_without_a_trusted_path() {
+    let mut w = World::new(false);
+    let pkt = ipv4_udp(w.nodes[0].ip, w.nodes[1].ip, b"slow");
+    let mut out = vec![0u8; 2048];
+    assert_eq!(
+        w.nodes[0].sock.encapsulate_direct(&pkt, w.now, &mut out),
+        Ok(None)
+    );
+    w.flush();
+    assert!(w.nodes[1].delivered.iter().any(|p| p == &pkt));
+}

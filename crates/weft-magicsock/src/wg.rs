@@ -50,6 +50,9 @@ pub enum WgError {
     /// A handshake from a key that is not one of our peers.
     #[error("handshake from unknown peer")]
     UnknownPeer,
+    /// The caller's buffer cannot hold the result.
+    #[error("buffer too small")]
+    BufferTooSmall,
     /// The peer has no tunnel (not in the netmap).
     #[error("no wireguard tunnel for peer")]
     NoTunnel,
@@ -66,6 +69,17 @@ pub struct Decapsulated {
     pub to_network: Vec<Vec<u8>>,
     /// A decrypted IP packet for the TUN device, with its inner source address.
     pub to_tunnel: Option<(Vec<u8>, IpAddr)>,
+}
+
+/// What [`WgPeers::encapsulate_into`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WgOut {
+    /// A transport (data) packet of this length.
+    Data(usize),
+    /// A handshake initiation of this length; the IP packet waits in the tunnel's queue.
+    Handshake(usize),
+    /// Nothing to send (the packet is queued behind a handshake in flight).
+    Queued,
 }
 
 /// Transfer statistics of one peer's tunnel.
@@ -174,6 +188,53 @@ impl WgPeers {
             TunnResult::Done => Ok(Vec::new()),
             TunnResult::Err(e) => Err(rejected(e)),
             TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => Ok(Vec::new()),
+        }
+    }
+
+    /// Like [`Self::encapsulate`], but writes into `out` without allocating.
+    /// `out` must hold `ip_packet.len() + 32` bytes and at least 148.
+    pub fn encapsulate_into(
+        &mut self,
+        peer: &NodePublic,
+        ip_packet: &[u8],
+        out: &mut [u8],
+    ) -> Result<WgOut, WgError> {
+        if out.len() < (ip_packet.len() + DATA_OVERHEAD).max(148) {
+            return Err(WgError::BufferTooSmall);
+        }
+        let t = self.tunnels.get_mut(peer).ok_or(WgError::NoTunnel)?;
+        match t.tunn.encapsulate(ip_packet, out) {
+            TunnResult::WriteToNetwork(b) if b.first() == Some(&4) => Ok(WgOut::Data(b.len())),
+            TunnResult::WriteToNetwork(b) => Ok(WgOut::Handshake(b.len())),
+            TunnResult::Err(e) => Err(rejected(e)),
+            TunnResult::Done
+            | TunnResult::WriteToTunnelV4(..)
+            | TunnResult::WriteToTunnelV6(..) => Ok(WgOut::Queued),
+        }
+    }
+
+    /// Decrypts a transport (type 4) datagram from `peer` into `out` without
+    /// allocating. Returns the inner packet's length and source address, or
+    /// `None` for a keepalive. `out` must be at least as long as `datagram`.
+    pub fn decapsulate_data_into(
+        &mut self,
+        peer: &NodePublic,
+        src_ip: Option<IpAddr>,
+        datagram: &[u8],
+        out: &mut [u8],
+    ) -> Result<Option<(usize, IpAddr)>, WgError> {
+        if datagram.first() != Some(&4) {
+            return Err(WgError::Malformed);
+        }
+        if out.len() < datagram.len() {
+            return Err(WgError::BufferTooSmall);
+        }
+        let t = self.tunnels.get_mut(peer).ok_or(WgError::NoTunnel)?;
+        match t.tunn.decapsulate(src_ip, datagram, out) {
+            TunnResult::WriteToTunnelV4(b, src) => Ok(Some((b.len(), IpAddr::V4(src)))),
+            TunnResult::WriteToTunnelV6(b, src) => Ok(Some((b.len(), IpAddr::V6(src)))),
+            TunnResult::Err(e) => Err(rejected(e)),
+            TunnResult::Done | TunnResult::WriteToNetwork(_) => Ok(None),
         }
     }
 
