@@ -1,9 +1,17 @@
-//! Layer 2: the weft node agent.
+//! Layer 2: the weft node agent (`weft daemon` and the CLI verbs that talk to it).
 //!
 //! - [`state`]: the persisted state directory (keys and login preferences, mode 0600).
-//! - [`localapi`]: the HTTP/1.1 JSON API on a unix socket that `weft <verb>` talks to.
 //! - [`control`]: the control client (register, streaming map, lite updates).
+//! - [`engine`]: the data-plane driver around the sans-IO `weft-magicsock` core.
+//! - [`sys`]: TUN device, addresses and routes, host facts.
+//! - [`localapi`]: the HTTP/1.1 JSON API on a unix socket that `weft <verb>` talks to.
+//! - [`daemon`]: wiring of all of the above; [`cli`]: the verbs.
 
+mod backend;
+pub mod cli;
 pub mod control;
+pub mod daemon;
+pub mod engine;
 pub mod localapi;
 pub mod state;
+pub mod sys;
