@@ -25,6 +25,8 @@ pub struct NoiseStream<IO> {
     /// Encrypted bytes not yet written: `wbuf[wpos..]`.
     wbuf: Vec<u8>,
     wpos: usize,
+    /// Gathers vectored writes so they share records.
+    scratch: Vec<u8>,
     rx_error: Option<NoiseError>,
     tx_error: bool,
     peer: MachinePublic,
@@ -42,6 +44,7 @@ impl<IO> NoiseStream<IO> {
             rx: transport.rx,
             wbuf: Vec::with_capacity(MAX_WRITE + 4 * 19),
             wpos: 0,
+            scratch: Vec::new(),
             rx_error: None,
             tx_error: false,
             peer: transport.peer,
@@ -197,6 +200,38 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for NoiseStream<IO> {
         Poll::Ready(Ok(take))
     }
 
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        this.scratch.clear();
+        for b in bufs {
+            let room = MAX_WRITE - this.scratch.len();
+            if room == 0 {
+                break;
+            }
+            this.scratch.extend_from_slice(&b[..b.len().min(room)]);
+        }
+        if this.scratch.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if let Err(e) = this.tx.encrypt(&this.scratch, &mut this.wbuf) {
+            this.fail_tx();
+            return Poll::Ready(Err(invalid(e)));
+        }
+        if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(this.scratch.len()))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx))?;
@@ -266,6 +301,23 @@ mod tests {
         let ((), got) = tokio::join!(writer, reader);
         assert!(got == up, "server received different bytes");
         c.await.expect("client task");
+    }
+
+    #[tokio::test]
+    async fn vectored_writes_share_records() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (mut client, _) = pair(a, tokio::io::duplex(8).0);
+        let mut raw = b;
+        let bufs = [
+            io::IoSlice::new(b"frame-header"),
+            io::IoSlice::new(b"payload"),
+        ];
+        let n = client.write_vectored(&bufs).await.expect("write");
+        assert_eq!(n, 19);
+        client.flush().await.expect("flush");
+        let mut hdr = [0u8; 3];
+        raw.read_exact(&mut hdr).await.expect("record header");
+        assert_eq!(hdr, [4, 0, 19 + 16], "one record for both slices");
     }
 
     #[tokio::test]
