@@ -45,6 +45,21 @@
 //!
 //! [`NoiseStream`] is the plaintext `AsyncRead + AsyncWrite` over any
 //! established session.
+//!
+//! # Notes
+//!
+//! - A TLS listener must serve HTTP/1.1 with upgrades (hyper's
+//!   `http1::Builder::serve_connection(..).with_upgrades()`); the client
+//!   offers no ALPN.
+//! - Refusals happen before the `101`, as `400` with a one-line reason
+//!   (`missing next protocol`, `unknown next protocol`, `missing Tailscale
+//!   handshake header`, `invalid tailscale handshake header`, `noise
+//!   handshake failed`, `unsupported protocol version`). After the upgrade a
+//!   bad or oversized record closes the connection.
+//! - [`Ts2021Client::early_noise`] resolves once the server's first bytes
+//!   arrived; EarlyNoise is detected on the first read, as Tailscale does.
+//! - Not implemented: the WebSocket variant, the client's port-80-first
+//!   race and dial plans ([`dial`] dials exactly the URL given).
 #![warn(missing_docs)]
 
 mod client;
