@@ -41,7 +41,6 @@
 
 #![warn(missing_docs)]
 
-pub mod stun;
 pub mod wg;
 
 mod rng;
@@ -55,6 +54,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use weft_key::{DiscoPrivate, DiscoPublic, NodePrivate, NodePublic};
 use weft_proto::disco::{self, CallMeMaybe, DiscoError, Message, Ping, Pong, TxId};
+use weft_proto::stun;
 
 use crate::rng::Rng;
 use crate::timer::{Timer, TimerTable};
@@ -231,6 +231,9 @@ pub enum RecvError {
     /// A STUN reply that matches no probe in flight.
     #[error("unsolicited stun packet")]
     UnsolicitedStun,
+    /// A STUN packet that is not a well-formed binding response.
+    #[error(transparent)]
+    Stun(#[from] stun::StunError),
     /// A disco packet from a key that is not in the netmap.
     #[error("disco from unknown sender")]
     UnknownDiscoSender,
@@ -527,9 +530,15 @@ impl Magicsock {
         }
     }
 
-    /// Sets the DERP regions (and their STUN servers). Starts a STUN round.
+    /// Sets the DERP regions (and their STUN servers) and starts a STUN round.
+    /// Calling it again with an unchanged map does nothing.
     pub fn set_derp_map(&mut self, regions: Vec<DerpRegion>, now: Instant) {
-        self.regions = regions.into_iter().map(|r| (r.id, r)).collect();
+        let regions: BTreeMap<RegionId, DerpRegion> =
+            regions.into_iter().map(|r| (r.id, r)).collect();
+        if regions == self.regions && !regions.is_empty() {
+            return;
+        }
+        self.regions = regions;
         if self.home.is_none_or(|h| !self.regions.contains_key(&h)) {
             if let Some(first) = self.regions.keys().next().copied() {
                 self.set_home(first);
@@ -604,7 +613,7 @@ impl Magicsock {
         bytes: &[u8],
         now: Instant,
     ) -> Result<(), RecvError> {
-        if stun::is_stun(bytes) {
+        if looks_like_stun(bytes) {
             return self.handle_stun(bytes, now);
         }
         if disco::looks_like_disco(bytes) {
@@ -1214,7 +1223,7 @@ impl Magicsock {
             return;
         }
         for (region, addr) in targets {
-            let tx: stun::TxId = self.rng.bytes();
+            let tx = stun::TxId(self.rng.bytes());
             self.stun_inflight.insert(tx, StunProbe { region, at: now });
             self.transmits.push_back(Transmit {
                 dst: Destination::Udp(addr),
@@ -1225,7 +1234,7 @@ impl Magicsock {
     }
 
     fn handle_stun(&mut self, bytes: &[u8], now: Instant) -> Result<(), RecvError> {
-        let (tx, mapped) = stun::parse_response(bytes).ok_or(RecvError::UnsolicitedStun)?;
+        let (tx, mapped) = stun::parse_response(bytes)?;
         let probe = self
             .stun_inflight
             .remove(&tx)
@@ -1314,6 +1323,13 @@ impl Magicsock {
 enum Src {
     Udp(SocketAddr),
     Derp { region: RegionId, from: NodePublic },
+}
+
+/// Tailscale's classifier for STUN on the shared socket: header, cookie and
+/// the binding method. (A bare "top bits zero" test would also match every
+/// WireGuard packet.)
+fn looks_like_stun(b: &[u8]) -> bool {
+    b.len() >= 20 && b[0] & 0xc0 == 0 && b[1] == 0x01 && b[4..8] == stun::MAGIC_COOKIE
 }
 
 fn msg_kind(m: &Message) -> &'static str {

@@ -342,9 +342,8 @@ fn stun_reply_sets_endpoints_and_home_region() {
     n.sock.handle_timeout(now);
     let t = n.sock.poll_transmit().expect("stun probe");
     assert_eq!(t.dst, Destination::Udp(stun_addr));
-    let tx = stun::parse_request(&t.payload).expect("request");
     let mapped: SocketAddr = "203.0.113.5:61000".parse().expect("addr");
-    let reply = stun::response(tx, mapped);
+    let reply = stun::respond(&t.payload, mapped).expect("a tailnode binding request");
     n.sock
         .handle_datagram(n.addr, stun_addr, &reply, now + ms(20))
         .expect("stun");

@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use weft_key::{DiscoPrivate, NodePrivate, NodePublic};
 use weft_magicsock::{
-    stun, Config, DerpRegion, Destination, Event, Magicsock, Path, PeerConfig, RegionId, Transmit,
+    Config, DerpRegion, Destination, Event, Magicsock, Path, PeerConfig, RegionId, Transmit,
 };
+use weft_proto::stun;
 
 /// NAT mapping behaviour (RFC 4787 §4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -580,8 +581,7 @@ impl Sim {
             }
             Delivery::Udp { from, to, payload } => {
                 if let Some((_, stun_addr)) = self.regions.iter().find(|(_, a)| *a == to) {
-                    if let Some(tx) = stun::parse_request(&payload) {
-                        let reply = stun::response(tx, from);
+                    if let Some(reply) = stun::respond(&payload, from) {
                         let at = now + self.server_latency + self.latency_to(from.ip());
                         self.push(
                             at,
