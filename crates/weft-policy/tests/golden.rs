@@ -12,7 +12,9 @@ fn dir() -> PathBuf {
 }
 
 fn tailnet() -> (Snapshot, Vec<(i64, String)>) {
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(dir().join("tailnet.json")).unwrap()).unwrap();
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("tailnet.json")).unwrap())
+            .unwrap();
     let strs = |x: &Value| -> Vec<String> {
         x.as_array()
             .into_iter()
@@ -30,8 +32,14 @@ fn tailnet() -> (Snapshot, Vec<(i64, String)>) {
             user: n["user"].as_str().map(String::from),
             user_groups: strs(&n["user_groups"]),
             tags: strs(&n["tags"]),
-            addresses: strs(&n["addresses"]).iter().map(|s| s.parse().unwrap()).collect(),
-            approved_routes: strs(&n["approved_routes"]).iter().map(|s| s.parse().unwrap()).collect(),
+            addresses: strs(&n["addresses"])
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect(),
+            approved_routes: strs(&n["approved_routes"])
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect(),
             exit_node: false,
         });
     }
@@ -58,7 +66,12 @@ fn golden_policies_compile_to_the_expected_filters_and_visibility() {
         let compiled = policy.compile(&snap);
         let mut out = serde_json::Map::new();
         for (id, name) in &names {
-            let visible: Vec<String> = compiled.visible_peers(*id).unwrap().into_iter().map(name_of).collect();
+            let visible: Vec<String> = compiled
+                .visible_peers(*id)
+                .unwrap()
+                .into_iter()
+                .map(name_of)
+                .collect();
             out.insert(
                 name.clone(),
                 json!({"filter": compiled.filter_for(*id).unwrap(), "visible": visible}),
@@ -67,12 +80,17 @@ fn golden_policies_compile_to_the_expected_filters_and_visibility() {
         let got = Value::Object(out);
         let expected_path = case.with_extension("expected.json");
         if bless {
-            std::fs::write(&expected_path, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
+            std::fs::write(
+                &expected_path,
+                serde_json::to_string_pretty(&got).unwrap() + "\n",
+            )
+            .unwrap();
             continue;
         }
         let expected: Value = serde_json::from_str(
-            &std::fs::read_to_string(&expected_path)
-                .unwrap_or_else(|_| panic!("{} missing; run with WEFT_BLESS=1", expected_path.display())),
+            &std::fs::read_to_string(&expected_path).unwrap_or_else(|_| {
+                panic!("{} missing; run with WEFT_BLESS=1", expected_path.display())
+            }),
         )
         .unwrap();
         if got != expected {
