@@ -10,7 +10,7 @@ use axum::Router;
 use base64::Engine;
 use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
 use hyper::StatusCode;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tower::ServiceExt;
 use tracing::Instrument;
@@ -42,6 +42,12 @@ pub struct ServerConfig {
     pub early_noise_challenge: bool,
     /// Time allowed to write the handshake response.
     pub handshake_timeout: Duration,
+    /// Send an HTTP/2 PING after this much idle time and close the
+    /// connection if no answer comes within [`ServerConfig::keep_alive_timeout`],
+    /// so dead clients are noticed. `None` disables pings.
+    pub keep_alive_interval: Option<Duration>,
+    /// How long to wait for a PING answer.
+    pub keep_alive_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +56,8 @@ impl Default for ServerConfig {
             min_version: 0,
             early_noise_challenge: false,
             handshake_timeout: Duration::from_secs(10),
+            keep_alive_interval: Some(Duration::from_secs(50)),
+            keep_alive_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -201,7 +209,12 @@ where
             req.extensions_mut().insert(peer);
             app.clone().oneshot(req.map(Body::new))
         });
-    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(config.keep_alive_interval)
+        .keep_alive_timeout(config.keep_alive_timeout);
+    builder
         .serve_connection(TokioIo::new(stream), service)
         .await?;
     Ok(())
