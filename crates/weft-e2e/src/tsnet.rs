@@ -111,8 +111,9 @@ impl TsnetNode {
     /// XDG dirs in the test directory and `TS_NO_LOGS_NO_SUPPORT=true`.
     ///
     /// `ns` must have a non-loopback address: tsnet waits for a usable interface.
-    /// Unless `WEFT_E2E_DERP_TLS=1`, `TS_DEBUG_USE_DERP_HTTP=1` is set so the client
-    /// speaks plain-HTTP DERP to the server's embedded relay.
+    /// The client speaks TLS to DERP (the embedded relay of `weft server` serves TLS, and
+    /// its DERP map lets clients accept its certificate); with `WEFT_E2E_DERP_HTTP=1`,
+    /// `TS_DEBUG_USE_DERP_HTTP=1` makes it speak plain-HTTP DERP instead.
     pub fn start(h: &Harness, ns: &Netns, config: TsnetConfig) -> Result<TsnetNode> {
         let host = config.hostname.clone();
         let base = h.subdir(&format!("tsnet-{host}"))?;
@@ -134,7 +135,7 @@ impl TsnetNode {
             ("XDG_DATA_HOME".to_owned(), format!("{home_s}/.local/share")),
             ("TS_NO_LOGS_NO_SUPPORT".to_owned(), "true".to_owned()),
         ];
-        if std::env::var("WEFT_E2E_DERP_TLS").as_deref() != Ok("1") {
+        if std::env::var("WEFT_E2E_DERP_HTTP").as_deref() == Ok("1") {
             env.push(("TS_DEBUG_USE_DERP_HTTP".to_owned(), "1".to_owned()));
         }
         env.extend(config.env.iter().cloned());

@@ -52,7 +52,10 @@ impl WeftServer {
         let env = vec![
             (
                 "RUST_LOG".to_owned(),
-                std::env::var("WEFT_E2E_RUST_LOG").unwrap_or_else(|_| "debug".to_owned()),
+                std::env::var("WEFT_E2E_RUST_LOG").unwrap_or_else(|_| {
+                    "debug,h2=info,hyper=info,hyper_util=info,sqlx=info,rustls=info,tower=info"
+                        .to_owned()
+                }),
             ),
             ("RUST_BACKTRACE".to_owned(), "1".to_owned()),
             (

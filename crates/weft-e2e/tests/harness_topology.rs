@@ -26,7 +26,9 @@ fn topology(h: &Harness) -> Result<()> {
         Mapping::EndpointDependent,
     )?;
     let c_ns = Netns::new("c")?;
-    router.lan().attach(&c_ns, "eth0", [192, 168, 10, 2].into())?;
+    router
+        .lan()
+        .attach(&c_ns, "eth0", [192, 168, 10, 2].into())?;
     let respond = |ns: &Netns, name: &str, listen: &str| {
         h.spawn(
             ns,
@@ -45,23 +47,45 @@ fn topology(h: &Harness) -> Result<()> {
     let _client = respond(&c_ns, "respond-client", "192.168.10.2:8080")?;
 
     // Act + assert: outbound works and is masqueraded to the router's WAN address.
-    let seen = wait_for("client to reach the server through the NAT", Duration::from_secs(20), || {
-        c_ns.run(&["curl", "-sS", "--max-time", "2", "http://198.18.0.2:8080/"])
-            .map_err(|e| e.to_string())
-    })?;
+    let seen = wait_for(
+        "client to reach the server through the NAT",
+        Duration::from_secs(20),
+        || {
+            c_ns.run(&["curl", "-sS", "--max-time", "2", "http://198.18.0.2:8080/"])
+                .map_err(|e| e.to_string())
+        },
+    )?;
     assert_eq!(seen.trim(), format!("seen {}", router.wan_addr()));
 
     // The client's own listener answers locally…
     let local = wait_for("client's listener", Duration::from_secs(20), || {
-        c_ns.run(&["curl", "-sS", "--max-time", "2", "http://192.168.10.2:8080/"])
-            .map_err(|e| e.to_string())
+        c_ns.run(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "2",
+            "http://192.168.10.2:8080/",
+        ])
+        .map_err(|e| e.to_string())
     })?;
     assert_eq!(local.trim(), "seen 192.168.10.2");
     // …but the public side can reach neither the LAN nor the router itself.
     s_ns.ip(&["route", "add", "192.168.10.0/24", "via", "198.18.0.21"])?;
-    let inbound = s_ns.run(&["curl", "-sS", "--max-time", "2", "http://192.168.10.2:8080/"]);
-    assert!(inbound.is_err(), "unsolicited inbound reached the LAN: {inbound:?}");
+    let inbound = s_ns.run(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "2",
+        "http://192.168.10.2:8080/",
+    ]);
+    assert!(
+        inbound.is_err(),
+        "unsolicited inbound reached the LAN: {inbound:?}"
+    );
     let to_router = s_ns.run(&["curl", "-sS", "--max-time", "2", "http://198.18.0.21:22/"]);
-    assert!(to_router.is_err(), "router answered on its WAN side: {to_router:?}");
+    assert!(
+        to_router.is_err(),
+        "router answered on its WAN side: {to_router:?}"
+    );
     Ok(())
 }

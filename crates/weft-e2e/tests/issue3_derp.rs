@@ -97,8 +97,23 @@ fn derp_only(h: &Harness) -> Result<()> {
     })??;
     assert_eq!(body.trim(), "hello from alpha");
 
-    // The clients really had no UDP path: nothing reached beta's WAN address over UDP
-    // from alpha's router, so the exchange went through the relay.
+    // Both clients hold a live connection to our relay (region 900), each received the
+    // other's packets through it, and neither found a direct path.
+    for node in [&mut a, &mut b] {
+        node.proc()
+            .wait_log("magicsock: derp-900 connected", TIMEOUT)?;
+        node.proc().wait_log("magicsock: derp route for", TIMEOUT)?;
+        let log = node.proc().log();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("magicsock: disco: node") && l.contains("now using"))
+        {
+            return Err(Error::Check(format!(
+                "{} found a direct UDP path although UDP is blocked: {line}",
+                node.hostname()
+            )));
+        }
+    }
     server.proc().check_alive()?;
     Ok(())
 }
