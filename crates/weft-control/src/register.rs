@@ -5,7 +5,9 @@ use std::time::Duration;
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::sync::watch;
-use weft_store::{names, NewNode, NewRegistrationSession, NodeLiveUpdate, StoreError, UserId};
+use weft_store::{
+    names, NewNode, NewRegistrationSession, NodeLiveUpdate, NodeReregistration, StoreError, UserId,
+};
 use weft_tailcfg::{Hostinfo, RegisterRequest, RegisterResponse, Time};
 use weft_ts2021::NoisePeer;
 
@@ -198,42 +200,30 @@ async fn with_preauth_key(
     let expiry = key_expiry_for(c, tagged, now, req.expiry);
     let node = match existing {
         Some(n) => {
-            // The machine is known (logged out, or rotating its key): re-key it in place.
-            if let Err(e) = store.mark_preauth_key_used(key.id, now_odt).await {
-                return match e {
-                    StoreError::Conflict(_) => Ok(RegisterResponse::error(
-                        "invalid auth key: already used or expired",
-                    )),
-                    e => Err(e.into()),
-                };
-            }
-            let mut n = match store.update_node_key(n.id, req.node_key, expiry).await {
+            // The machine is known (logged out, or rotating its key): re-key it in place,
+            // consuming the key in the same transaction.
+            let r = NodeReregistration {
+                node_key: req.node_key,
+                user_id: key.user_id,
+                hostinfo: req
+                    .hostinfo
+                    .as_ref()
+                    .map(|hi| merge_hostinfo(&n.hostinfo, hi)),
+                expiry,
+                auth_key_id: Some(key.id),
+                tags: tagged.then(|| key.tags.clone()),
+                ephemeral: key.ephemeral || req.ephemeral || n.ephemeral,
+                approved: key.pre_approved.then_some(true),
+            };
+            let n = match store.reregister_node(n.id, r, now_odt).await {
                 Ok(n) => n,
-                Err(StoreError::Conflict(_)) => {
-                    return Ok(RegisterResponse::error(
-                        "node key already in use by another node",
-                    ))
+                Err(StoreError::Conflict(what)) => {
+                    return Ok(RegisterResponse::error(format!(
+                        "registration refused: {what}"
+                    )))
                 }
                 Err(e) => return Err(e.into()),
             };
-            if n.user_id != key.user_id {
-                n = store.set_node_user(n.id, key.user_id).await?;
-            }
-            if tagged && n.tags != key.tags {
-                n = store.set_node_tags(n.id, key.tags.clone()).await?;
-            }
-            if let Some(hi) = &req.hostinfo {
-                let merged = merge_hostinfo(&n.hostinfo, hi);
-                n = store
-                    .update_node_live(
-                        n.id,
-                        NodeLiveUpdate {
-                            hostinfo: Some(merged),
-                            ..NodeLiveUpdate::default()
-                        },
-                    )
-                    .await?;
-            }
             tracing::info!(node = n.id.0, hostname = %n.hostname, "node re-authenticated with a pre-auth key");
             n
         }
@@ -417,24 +407,19 @@ pub(crate) async fn complete_session(
     let existing = optional(store.get_node_by_machine_key(&s.machine_key).await)?;
     let node = match existing {
         Some(n) => {
-            let expiry = key_expiry_for(c, !n.tags.is_empty(), now, requested);
-            let mut n = store.update_node_key(n.id, s.node_key, expiry).await?;
-            if n.user_id != user.id {
-                n = store.set_node_user(n.id, user.id).await?;
-                if !n.tags.is_empty() {
-                    n = store.set_node_tags(n.id, Vec::new()).await?;
-                }
-            }
-            let merged = merge_hostinfo(&n.hostinfo, &hostinfo);
-            store
-                .update_node_live(
-                    n.id,
-                    NodeLiveUpdate {
-                        hostinfo: Some(merged),
-                        ..NodeLiveUpdate::default()
-                    },
-                )
-                .await?
+            let keep_tags = n.user_id == user.id && !n.tags.is_empty();
+            let expiry = key_expiry_for(c, keep_tags, now, requested);
+            let r = NodeReregistration {
+                node_key: s.node_key,
+                user_id: user.id,
+                hostinfo: Some(merge_hostinfo(&n.hostinfo, &hostinfo)),
+                expiry,
+                auth_key_id: None,
+                tags: (!keep_tags).then(Vec::new),
+                ephemeral: s.ephemeral,
+                approved: Some(true),
+            };
+            store.reregister_node(n.id, r, now_odt).await?
         }
         None => {
             let hostname = hostname_of(Some(&hostinfo));
