@@ -230,3 +230,107 @@ fn idle_peers_stop_pinging_and_their_nat_mappings_expire_without_harm() {
     assert!(sim.run_until(|s| s.hosts[b].delivered.contains(&pkt), secs(2)));
     assert!(sim.run_until(|s| is_direct(s.path(a, b)), secs(15)));
 }
+
+#[test]
+fn four_hosts_behind_mixed_nats_reach_each_other_pairwise() {
+    let mut sim = Sim::new();
+    let all = [
+        Edge::Open,
+        Edge::Nat(Nat::new(
+            Mapping::EndpointIndependent,
+            Filtering::PortRestricted,
+        )),
+        Edge::Nat(Nat::new(
+            Mapping::EndpointDependent,
+            Filtering::PortRestricted,
+        )),
+        Edge::Nat(Nat::new(
+            Mapping::EndpointDependent,
+            Filtering::AddressRestricted,
+        )),
+    ];
+    let ids: Vec<usize> = all
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            sim.add_host(
+                &format!("h{i}"),
+                *e,
+                Duration::from_millis(5 + 7 * i as u64),
+            )
+        })
+        .collect();
+    sim.run_for(secs(1));
+    let mut sent = Vec::new();
+    for round in 0..20 {
+        for &x in &ids {
+            for &y in &ids {
+                if x != y {
+                    let p = sim.send_ip(x, y, format!("{x}->{y} #{round}").as_bytes());
+                    sent.push((y, p));
+                }
+            }
+        }
+        sim.run_for(secs(1));
+    }
+    for (y, p) in &sent {
+        assert!(
+            sim.hosts[*y].delivered.contains(p),
+            "lost {}",
+            String::from_utf8_lossy(&p[28..])
+        );
+    }
+    for &x in &ids {
+        for &y in &ids {
+            if x == y {
+                continue;
+            }
+            let want = direct_path_possible(all[x], all[y]);
+            assert_eq!(
+                is_direct(sim.path(x, y)),
+                want,
+                "{x}->{y} {:?}",
+                sim.path(x, y)
+            );
+        }
+    }
+}
+
+mod property {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn edge() -> impl Strategy<Value = Edge> {
+        proptest::sample::select(edges())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Whatever the NATs and latencies: nothing is lost, and the path is
+        /// direct exactly when the oracle says hole punching can work.
+        #[test]
+        fn every_packet_arrives_and_paths_match_the_oracle(
+            ea in edge(),
+            eb in edge(),
+            la in 1u64..80,
+            lb in 1u64..80,
+        ) {
+            let mut sim = Sim::new();
+            let a = sim.add_host("a", ea, Duration::from_millis(la));
+            let b = sim.add_host("b", eb, Duration::from_millis(lb));
+            sim.run_for(secs(1));
+            let mut sent = Vec::new();
+            for i in 0..25 {
+                sent.push((b, sim.send_ip(a, b, format!("{i}").as_bytes())));
+                sent.push((a, sim.send_ip(b, a, format!("{i}").as_bytes())));
+                sim.run_for(secs(1));
+            }
+            for (to, p) in &sent {
+                prop_assert!(sim.hosts[*to].delivered.contains(p));
+            }
+            let want = direct_path_possible(ea, eb);
+            prop_assert_eq!(is_direct(sim.path(a, b)), want);
+            prop_assert_eq!(is_direct(sim.path(b, a)), want);
+        }
+    }
+}
