@@ -170,11 +170,25 @@ table ip weft_nat {{
         &self.ns
     }
 
-    /// Drops every UDP packet the router would forward, except to `allowed`
-    /// (e.g. the server's STUN port). Two hosts behind such routers have no UDP path.
-    pub fn drop_forwarded_udp_except_to(&self, allowed: Ipv4Addr) -> Result<()> {
+    /// Drops every UDP packet the router would forward, except to and from `allowed`
+    /// (e.g. the server's and relays' STUN ports). Two hosts behind such routers have
+    /// no UDP path between them.
+    pub fn drop_forwarded_udp_except(&self, allowed: &[Ipv4Addr]) -> Result<()> {
+        let set = allowed
+            .iter()
+            .map(Ipv4Addr::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
         self.ns.nft(&format!(
-            "insert rule ip weft_nat forward meta l4proto udp ip daddr != {allowed} ip saddr != {allowed} drop\n"
+            "insert rule ip weft_nat forward meta l4proto udp ip daddr != {{ {set} }} ip saddr != {{ {set} }} drop\n"
+        ))
+    }
+
+    /// Refuses (TCP reset) every forwarded TCP connection to `dest`, so clients behind
+    /// this router fail over at once to the next DERP node of a region.
+    pub fn reject_forwarded_tcp_to(&self, dest: Ipv4Addr) -> Result<()> {
+        self.ns.nft(&format!(
+            "insert rule ip weft_nat forward ip daddr {dest} meta l4proto tcp reject with tcp reset\n"
         ))
     }
 }

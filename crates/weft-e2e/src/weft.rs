@@ -12,6 +12,25 @@ use crate::netns::Netns;
 use crate::poll::wait_for;
 use crate::process::{Harness, Proc};
 
+/// Starts `weft ARGS…` (e.g. `derp …`) in `ns` as `name`, with the harness's log settings.
+pub fn spawn_weft(h: &Harness, ns: &Netns, name: &str, args: &[String]) -> Result<Proc> {
+    let env = vec![
+        ("RUST_LOG".to_owned(), rust_log()),
+        ("RUST_BACKTRACE".to_owned(), "1".to_owned()),
+        (
+            "HOME".to_owned(),
+            h.subdir(&format!("{name}-home"))?.display().to_string(),
+        ),
+    ];
+    h.spawn(ns, name, &weft_binary(), args, &env)
+}
+
+fn rust_log() -> String {
+    std::env::var("WEFT_E2E_RUST_LOG").unwrap_or_else(|_| {
+        "debug,h2=info,hyper=info,hyper_util=info,sqlx=info,rustls=info,tower=info".to_owned()
+    })
+}
+
 /// A running `weft server --listen ADDR --url URL --data-dir DIR`.
 pub struct WeftServer {
     proc: Proc,
@@ -49,21 +68,7 @@ impl WeftServer {
             data_dir.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let env = vec![
-            (
-                "RUST_LOG".to_owned(),
-                std::env::var("WEFT_E2E_RUST_LOG").unwrap_or_else(|_| {
-                    "debug,h2=info,hyper=info,hyper_util=info,sqlx=info,rustls=info,tower=info"
-                        .to_owned()
-                }),
-            ),
-            ("RUST_BACKTRACE".to_owned(), "1".to_owned()),
-            (
-                "HOME".to_owned(),
-                h.subdir("weft-home")?.display().to_string(),
-            ),
-        ];
-        let proc = h.spawn(ns, "weft-server", &weft_binary(), &args, &env)?;
+        let proc = spawn_weft(h, ns, "weft-server", &args)?;
         let mut server = WeftServer {
             proc,
             ns_name: ns.name().to_owned(),

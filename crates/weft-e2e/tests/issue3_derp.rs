@@ -54,8 +54,8 @@ fn derp_only(h: &Harness) -> Result<()> {
         24,
         Mapping::EndpointDependent,
     )?;
-    ra.drop_forwarded_udp_except_to(SERVER.into())?;
-    rb.drop_forwarded_udp_except_to(SERVER.into())?;
+    ra.drop_forwarded_udp_except(&[SERVER.into()])?;
+    rb.drop_forwarded_udp_except(&[SERVER.into()])?;
     let a_ns = Netns::new("a")?;
     let b_ns = Netns::new("b")?;
     ra.lan().attach(&a_ns, "eth0", [192, 168, 10, 2].into())?;
