@@ -218,24 +218,36 @@ async fn up(c: &LocalClient, args: UpArgs) -> anyhow::Result<()> {
 }
 
 async fn ping(c: &LocalClient, args: PingArgs) -> anyhow::Result<()> {
-    let stop_when_direct = args.until_direct.unwrap_or(true);
-    for _ in 0..args.count.max(1) {
+    let until_direct = args.until_direct.unwrap_or(true);
+    let mut any_pong = false;
+    let count = args.count.max(1);
+    for n in 1..=count {
         let r = c
             .ping(&PingRequest {
                 peer: args.peer.clone(),
                 timeout_ms: args.timeout * 1000,
             })
             .await?;
-        if !r.err.is_empty() {
+        if r.err.ends_with("timed out") {
             println!("{}", r.err);
             continue;
         }
+        if !r.err.is_empty() {
+            bail!("{}", r.err);
+        }
+        any_pong = true;
         println!("{}", format_pong(&r));
-        if stop_when_direct && !r.endpoint.is_empty() {
+        if until_direct && !r.endpoint.is_empty() {
             return Ok(());
         }
+        if n < count {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
-    if stop_when_direct {
+    if !any_pong {
+        bail!("no reply");
+    }
+    if until_direct {
         bail!("direct connection not established");
     }
     Ok(())
