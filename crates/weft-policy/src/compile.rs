@@ -133,10 +133,12 @@ struct Facts {
     node: SnapshotNode,
     routes: Vec<IpNet>,
     addr_strings: Vec<String>,
+    /// Policy groups the node's user belongs to (sorted; empty for tagged nodes).
+    groups: Vec<String>,
 }
 
 impl Facts {
-    fn new(mut node: SnapshotNode) -> Self {
+    fn new(mut node: SnapshotNode, policy: &Policy) -> Self {
         let mut routes = Vec::new();
         for r in std::mem::take(&mut node.approved_routes) {
             if r.prefix_len() == 0 {
@@ -149,10 +151,34 @@ impl Facts {
         node.addresses.sort();
         node.addresses.dedup();
         let addr_strings = node.addresses.iter().map(ToString::to_string).collect();
+        let mut groups = Vec::new();
+        if let (false, Some(login)) = (node.is_tagged(), node.user.as_deref()) {
+            groups.extend(
+                policy
+                    .groups_of_user
+                    .get(login)
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
+            for g in &node.user_groups {
+                let name = if g.starts_with("group:") {
+                    g.clone()
+                } else {
+                    format!("group:{g}")
+                };
+                if policy.groups.contains_key(&name) {
+                    groups.push(name);
+                }
+            }
+            groups.sort();
+            groups.dedup();
+        }
         Facts {
             node,
             routes,
             addr_strings,
+            groups,
         }
     }
 
@@ -206,6 +232,8 @@ pub struct Compiled {
     visible: Vec<Bits>,
     /// Approved subnet route -> number of nodes approving it (the `*` source extras).
     routes: BTreeMap<IpNet, usize>,
+    /// User login -> slots of that user's untagged nodes.
+    by_user: BTreeMap<String, BTreeSet<usize>>,
     internet_strings: Vec<String>,
 }
 
@@ -228,13 +256,14 @@ impl Compiled {
             filters: Vec::new(),
             visible: Vec::new(),
             routes: BTreeMap::new(),
+            by_user: BTreeMap::new(),
             internet_strings: the_internet()
                 .ranges()
                 .map(|(a, b)| format!("{a}-{b}"))
                 .collect(),
         };
         for n in &snapshot.nodes {
-            let facts = Facts::new(n.clone());
+            let facts = Facts::new(n.clone(), &c.policy);
             let slot = match c.index.get(&n.id) {
                 Some(&s) => {
                     c.forget_routes(s);
@@ -250,7 +279,9 @@ impl Compiled {
             for r in &facts.routes {
                 *c.routes.entry(*r).or_default() += 1;
             }
+            c.unindex_user(slot);
             c.slots[slot] = Some(facts);
+            c.index_user(slot);
             c.index.insert(n.id, slot);
         }
         c.rules = vec![RuleState::default(); c.policy.rules.len()];
@@ -314,7 +345,7 @@ impl Compiled {
     /// Adds or replaces one node; returns which nodes' filters and visibility changed.
     pub fn upsert_node(&mut self, node: SnapshotNode) -> Changes {
         let id = node.id;
-        let new_facts = Facts::new(node);
+        let new_facts = Facts::new(node, &self.policy);
         let (slot, old_facts) = match self.index.get(&id) {
             Some(&s) => (s, self.slots[s].take()),
             None => {
@@ -377,9 +408,20 @@ impl Compiled {
 
         // Routes (the `*` source extras).
         let old_routes: Vec<IpNet> = old.as_ref().map(|f| f.routes.clone()).unwrap_or_default();
+        let old_src_member: Vec<bool> = self
+            .policy
+            .rules
+            .iter()
+            .map(|r| {
+                old.as_ref()
+                    .is_some_and(|f| node_based_src_member(&self.policy, r, f))
+            })
+            .collect();
         self.slots[slot] = old;
         self.forget_routes(slot);
+        self.unindex_user(slot);
         self.slots[slot] = new;
+        self.index_user(slot);
         if let Some(f) = &self.slots[slot] {
             for r in &f.routes {
                 *self.routes.entry(*r).or_default() += 1;
@@ -433,8 +475,14 @@ impl Compiled {
             }
             st.dst_any.set(slot, any);
 
+            // Sources change only if this node is (or was) a member of a node selector of
+            // the rule, or the approved routes behind `*` changed.
+            let new_member = self.slots[slot]
+                .as_ref()
+                .is_some_and(|f| node_based_src_member(&self.policy, rule, f));
+            let st = &self.rules[ri];
             let src_may_change =
-                (st.wildcard_src && routes_changed) || rule.src.iter().any(is_node_based);
+                (st.wildcard_src && routes_changed) || old_src_member[ri] || new_member;
             if src_may_change {
                 let before = std::mem::take(&mut self.rules[ri].src_strings);
                 self.compute_rule_sources(ri);
@@ -480,14 +528,31 @@ impl Compiled {
         let Some(u) = &f.node.user else {
             return Vec::new();
         };
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(s, o)| {
-                let o = o.as_ref()?;
-                (!o.tagged() && o.node.user.as_deref() == Some(u.as_str())).then_some(s)
-            })
-            .collect()
+        self.by_user
+            .get(u)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn index_user(&mut self, slot: usize) {
+        if let Some(f) = &self.slots[slot] {
+            if let (false, Some(u)) = (f.tagged(), &f.node.user) {
+                self.by_user.entry(u.clone()).or_default().insert(slot);
+            }
+        }
+    }
+
+    fn unindex_user(&mut self, slot: usize) {
+        if let Some(f) = &self.slots[slot] {
+            if let Some(u) = &f.node.user {
+                if let Some(set) = self.by_user.get_mut(u) {
+                    set.remove(&slot);
+                    if set.is_empty() {
+                        self.by_user.remove(u);
+                    }
+                }
+            }
+        }
     }
 
     fn live(&self) -> impl Iterator<Item = (usize, &Facts)> {
@@ -747,6 +812,13 @@ fn push_merged(
     });
 }
 
+/// True if the node contributes addresses to the rule's sources through a node selector.
+fn node_based_src_member(p: &Policy, rule: &Rule, f: &Facts) -> bool {
+    rule.src
+        .iter()
+        .any(|a| is_node_based(a) && node_in_alias(p, a, f))
+}
+
 fn is_node_based(a: &Alias) -> bool {
     matches!(
         a,
@@ -759,11 +831,11 @@ fn is_node_based(a: &Alias) -> bool {
 }
 
 /// True if the node is a member of a node-based alias (user, group, tag, member, tagged).
-fn node_in_alias(p: &Policy, a: &Alias, f: &Facts) -> bool {
+fn node_in_alias(_p: &Policy, a: &Alias, f: &Facts) -> bool {
     let n = &f.node;
     match a {
         Alias::User(u) => !f.tagged() && n.user.as_deref().is_some_and(|l| user_matches(u, l)),
-        Alias::Group(g) => !f.tagged() && user_in_group(p, g, n.user.as_deref(), &n.user_groups),
+        Alias::Group(g) => f.groups.binary_search(g).is_ok(),
         Alias::Tag(t) => n.tags.iter().any(|x| x == t),
         Alias::AutoGroup(AutoGroup::Member) => !f.tagged(),
         Alias::AutoGroup(AutoGroup::Tagged) => f.tagged(),

@@ -217,6 +217,8 @@ pub struct Policy {
     pub(crate) has_rules: bool,
     pub(crate) tests: Vec<PolicyTest>,
     pub(crate) auto_approvers: AutoApprovers,
+    /// User login (and, for `name@` members, the bare name) -> groups listing it.
+    pub(crate) groups_of_user: BTreeMap<String, Vec<String>>,
 }
 
 const KNOWN_TOP: &[&str] = &[
@@ -250,6 +252,7 @@ impl Policy {
             has_rules: false,
             tests: Vec::new(),
             auto_approvers: AutoApprovers::default(),
+            groups_of_user: BTreeMap::new(),
         }
     }
 
@@ -271,6 +274,20 @@ impl Policy {
         // Pass 1: definitions (groups, hosts, tagOwners), so references can be checked.
         if let Some(v) = get("groups") {
             p.groups = parse_groups(v)?;
+        }
+        for (g, members) in &p.groups {
+            for m in members {
+                let mut keys = vec![m.clone()];
+                if let Some(bare) = m.strip_suffix('@') {
+                    keys.push(bare.to_string());
+                }
+                for k in keys {
+                    let e = p.groups_of_user.entry(k).or_default();
+                    if !e.contains(g) {
+                        e.push(g.clone());
+                    }
+                }
+            }
         }
         if let Some(v) = get("hosts") {
             p.hosts = parse_hosts(v)?;
