@@ -83,6 +83,8 @@ pub const DISCO_PING_INTERVAL: Duration = Duration::from_secs(5);
 pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Candidate endpoints learned from incoming pings expire this long after the last one.
 pub const PING_LEARNED_LIFETIME: Duration = Duration::from_secs(45);
+/// A DERP region a peer was heard on within this long is used to reply to it.
+pub const DERP_ROUTE_FRESH: Duration = Duration::from_secs(60);
 /// How often WireGuard's timers are run.
 pub const WG_TICK: Duration = Duration::from_millis(250);
 /// How long a STUN round waits for replies.
@@ -325,7 +327,8 @@ struct BestAddr {
 #[derive(Debug)]
 struct PeerState {
     cfg: PeerConfig,
-    derp_route: Option<RegionId>,
+    /// The DERP region this peer was last heard on, and when.
+    derp_route: Option<(RegionId, Instant)>,
     candidates: BTreeMap<SocketAddr, Candidate>,
     best: Option<BestAddr>,
     trust_until: Option<Instant>,
@@ -341,12 +344,18 @@ impl PeerState {
         self.best.is_some() && self.trust_until.is_some_and(|t| now < t)
     }
 
-    fn derp_region(&self) -> Option<RegionId> {
-        self.cfg.home_derp.or(self.derp_route)
+    /// Where to relay to this peer: the region we recently heard it on (a
+    /// connection we already have), else its home region, else any region it
+    /// was ever heard on.
+    fn derp_region(&self, now: Instant) -> Option<RegionId> {
+        match self.derp_route {
+            Some((r, at)) if now.saturating_duration_since(at) < DERP_ROUTE_FRESH => Some(r),
+            route => self.cfg.home_derp.or(route.map(|(r, _)| r)),
+        }
     }
 
     fn path(&self, now: Instant) -> Path {
-        match (self.best, self.trusted(now), self.derp_region()) {
+        match (self.best, self.trusted(now), self.derp_region(now)) {
             (Some(b), true, _) => Path::Direct(b.addr),
             (_, _, Some(r)) => Path::Derp(r),
             _ => Path::None,
@@ -566,7 +575,7 @@ impl Magicsock {
         let p = self.peers.get(&peer).ok_or(SendError::UnknownPeer)?;
         let best = p.best.map(|b| b.addr);
         let trusted = p.trusted(now);
-        let region = p.derp_region();
+        let region = p.derp_region(now);
         if trusted {
             if let Some(addr) = best {
                 self.send_disco_ping(peer, PingTo::Udp(addr), true, now);
@@ -631,7 +640,7 @@ impl Magicsock {
         now: Instant,
     ) -> Result<(), RecvError> {
         if let Some(p) = self.peers.get_mut(&from) {
-            p.derp_route = Some(region);
+            p.derp_route = Some((region, now));
         }
         if disco::looks_like_disco(bytes) {
             return self.handle_disco(Src::Derp { region, from }, bytes, now);
@@ -642,7 +651,7 @@ impl Magicsock {
     /// A DERP region said `peer` is gone (PeerGone): forget that we heard it there.
     pub fn handle_derp_peer_gone(&mut self, region: RegionId, peer: NodePublic, now: Instant) {
         if let Some(p) = self.peers.get_mut(&peer) {
-            if p.derp_route == Some(region) {
+            if p.derp_route.is_some_and(|(r, _)| r == region) {
                 p.derp_route = None;
             }
         }
@@ -825,7 +834,7 @@ impl Magicsock {
             }
         }
         let best = p.best.map(|b| b.addr);
-        let region = p.derp_region();
+        let region = p.derp_region(now);
         if best.is_none() && region.is_none() {
             return Err(SendError::NoPath);
         }
@@ -865,7 +874,7 @@ impl Magicsock {
             return;
         }
         p.last_full_ping = Some(now);
-        let region = p.derp_region();
+        let region = p.derp_region(now);
         for addr in &due {
             self.send_disco_ping(peer, PingTo::Udp(*addr), false, now);
         }

@@ -555,3 +555,38 @@ fn fast_path_falls_back_to_queues_without_a_trusted_path() {
     w.flush();
     assert!(w.nodes[1].delivered.iter().any(|p| p == &pkt));
 }
+
+#[test]
+fn replies_use_the_derp_region_the_peer_was_heard_on() {
+    let mut w = World::new(false);
+    let pkt = ipv4_udp(w.nodes[1].ip, w.nodes[0].ip, b"via 901");
+    w.nodes[1].sock.handle_ip_packet(&pkt, w.now).expect("send");
+    let b_key = w.nodes[1].sock.node_public();
+    // Deliver b's handshake initiation through region 901 instead of b's home (900).
+    while let Some(t) = w.nodes[1].sock.poll_transmit() {
+        if matches!(t.dst, Destination::Derp { .. }) {
+            let _ = w.nodes[0]
+                .sock
+                .handle_derp_packet(901, b_key, &t.payload, w.now);
+        }
+    }
+    let replies: Vec<Transmit> = std::iter::from_fn(|| w.nodes[0].sock.poll_transmit()).collect();
+    assert!(replies.iter().any(|t| t.dst
+        == Destination::Derp {
+            region: 901,
+            peer: b_key
+        }));
+    assert!(!replies
+        .iter()
+        .any(|t| matches!(t.dst, Destination::Derp { region: 900, .. })));
+    assert_eq!(w.nodes[0].sock.path(&b_key, w.now), Path::Derp(901));
+    // After PeerGone from 901 the home region is used again.
+    w.nodes[0].sock.handle_derp_peer_gone(901, b_key, w.now);
+    assert_eq!(w.nodes[0].sock.path(&b_key, w.now), Path::Derp(900));
+    // A route not refreshed for a minute yields to the home region too.
+    let later = w.now + DERP_ROUTE_FRESH + ms(1);
+    let _ = w.nodes[0]
+        .sock
+        .handle_derp_packet(901, b_key, &[0; 8], w.now);
+    assert_eq!(w.nodes[0].sock.path(&b_key, later), Path::Derp(900));
+}
