@@ -14,6 +14,10 @@ import http from 'node:http';
 import crypto from 'node:crypto';
 import Provider from 'oidc-provider';
 
+// Only the ISSUER line goes to stdout; the provider's own notices go to stderr.
+console.log = console.error;
+console.info = console.error;
+
 const redirectUri = process.env.IDP_REDIRECT_URI;
 if (!redirectUri) {
   console.error('IDP_REDIRECT_URI is required');
@@ -69,6 +73,9 @@ const provider = new Provider(issuer, {
   },
   scopes: ['openid', 'email', 'profile', 'groups'],
   features: { devInteractions: { enabled: false } },
+  ttl: {
+    AccessToken: 600, AuthorizationCode: 60, Grant: 3600, IdToken: 600, Interaction: 600, Session: 3600,
+  },
   interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
   async findAccount(ctx, id) {
     const u = BY_SUB[id];
@@ -160,4 +167,4 @@ server.on('request', async (req, res) => {
 
 process.stdin.on('end', () => process.exit(0));
 process.stdin.resume();
-console.log(`ISSUER ${issuer}`);
+process.stdout.write(`ISSUER ${issuer}\n`);
