@@ -11,6 +11,9 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "weft", version, about)]
 struct Cli {
+    /// LocalAPI socket of the node agent daemon.
+    #[arg(long, global = true, env = "WEFT_SOCKET", default_value = weft_agent::cli::DEFAULT_SOCKET)]
+    socket: std::path::PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,6 +31,8 @@ enum Command {
     Nodes(cmd::admin::NodesCmd),
     /// Run a standalone DERP relay.
     Derp(weft_derp::DerpArgs),
+    #[command(flatten)]
+    Agent(cmd::agent::AgentCommand),
 }
 
 fn init_tracing() {
@@ -62,6 +67,7 @@ fn main() -> std::process::ExitCode {
             Command::Derp(a) => weft_derp::standalone::run(a.into())
                 .await
                 .map_err(anyhow::Error::from),
+            Command::Agent(c) => cmd::agent::run(c, &cli.socket).await,
         }
     });
     match result {

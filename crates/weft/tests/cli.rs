@@ -21,22 +21,23 @@ impl Drop for Server {
 
 fn start(dir: &Path) -> Server {
     let out = dir.join("server.out");
-    let child = Command::new(WEFT)
-        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut server = Server {
+        child: Command::new(WEFT)
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        url: String::new(),
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = std::fs::read_to_string(&out).unwrap_or_default();
         if let Some(url) = text.split_whitespace().find(|w| w.starts_with("http://")) {
             if dir.join("admin.sock").exists() {
-                return Server {
-                    child,
-                    url: url.to_string(),
-                };
+                server.url = url.to_string();
+                return server;
             }
         }
         assert!(Instant::now() < deadline, "server did not start: {text}");

@@ -1,4 +1,5 @@
 //! Subcommand groups, one module each.
 
 pub(crate) mod admin;
+pub(crate) mod agent;
 pub(crate) mod server;
