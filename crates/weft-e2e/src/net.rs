@@ -74,6 +74,12 @@ impl Lan {
 
 /// The "internet" of a test: a bridge in a namespace of its own, with no address and
 /// no route anywhere else. Servers and NAT routers' WAN sides attach to it.
+///
+/// The tests number it in 10.0.0.0/24, a private range, on purpose: for a control URL
+/// `http://IP:PORT` whose IP is *not* private, Tailscale 1.90.9 also tries Noise over
+/// `https://IP:443`, and after a failed dial within 2 minutes of the previous one it
+/// dials only 443. A client of a server that restarted then never gets back to
+/// `http://IP:PORT`. With a private IP it never tries 443.
 pub struct Segment {
     // Field order matters for drop: the LAN handle first, then the namespace.
     lan: Lan,

@@ -226,6 +226,12 @@ impl Proc {
         }
     }
 
+    /// Kills the process with SIGKILL (no chance to clean up) and reaps it.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops the process: SIGTERM, then SIGKILL if it is still there after 3 s.
     pub fn stop(&mut self) {
         if self.exited().is_some() {

@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn proxy_site_uses_the_tailscale_transport_of_the_same_node() {
-        let cfg = TsnetConfig::new("beta", "http://198.18.0.2:8080", "k")
+        let cfg = TsnetConfig::new("beta", "http://10.0.0.2:8080", "k")
             .with_proxy("127.0.0.1:8080".parse().unwrap(), "100.64.0.1:80");
         let json = cfg.caddy_json("/state");
         let transport =
@@ -213,7 +213,7 @@ mod tests {
         assert_eq!(transport["name"], "beta");
         assert_eq!(
             json["apps"]["tailscale"]["control_url"],
-            "http://198.18.0.2:8080"
+            "http://10.0.0.2:8080"
         );
         assert_eq!(
             json["apps"]["http"]["servers"]["tailnet"]["listen"][0],

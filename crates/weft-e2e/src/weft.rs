@@ -38,6 +38,8 @@ pub struct WeftServer {
     listen: SocketAddrV4,
     url: String,
     data_dir: PathBuf,
+    args: Vec<String>,
+    restarts: usize,
 }
 
 impl WeftServer {
@@ -75,9 +77,21 @@ impl WeftServer {
             listen,
             url,
             data_dir,
+            args,
+            restarts: 0,
         };
         server.wait_ready(ns)?;
         Ok(server)
+    }
+
+    /// Kills the server with SIGKILL and starts it again with the same arguments and
+    /// data directory (log: `weft-server-restart-N.log`); waits until it answers.
+    pub fn kill_and_restart(&mut self, h: &Harness, ns: &Netns) -> Result<()> {
+        self.proc.kill_hard();
+        self.restarts += 1;
+        let name = format!("weft-server-restart-{}", self.restarts);
+        self.proc = spawn_weft(h, ns, &name, &self.args)?;
+        self.wait_ready(ns)
     }
 
     fn wait_ready(&mut self, ns: &Netns) -> Result<()> {

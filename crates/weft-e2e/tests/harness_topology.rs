@@ -16,11 +16,11 @@ fn topology(h: &Harness) -> Result<()> {
     // Arrange: a server on the public segment, a client behind a NAT router.
     let public = Segment::new("pub", 24)?;
     let s_ns = Netns::new("srv")?;
-    public.lan().attach(&s_ns, "eth0", [198, 18, 0, 2].into())?;
+    public.lan().attach(&s_ns, "eth0", [10, 0, 0, 2].into())?;
     let router = NatRouter::new(
         "r",
         public.lan(),
-        [198, 18, 0, 21].into(),
+        [10, 0, 0, 21].into(),
         [192, 168, 10, 1].into(),
         24,
         Mapping::EndpointDependent,
@@ -43,7 +43,7 @@ fn topology(h: &Harness) -> Result<()> {
             &[("HOME".to_owned(), h.dir().display().to_string())],
         )
     };
-    let _server = respond(&s_ns, "respond-server", "198.18.0.2:8080")?;
+    let _server = respond(&s_ns, "respond-server", "10.0.0.2:8080")?;
     let _client = respond(&c_ns, "respond-client", "192.168.10.2:8080")?;
 
     // Act + assert: outbound works and is masqueraded to the router's WAN address.
@@ -51,7 +51,7 @@ fn topology(h: &Harness) -> Result<()> {
         "client to reach the server through the NAT",
         Duration::from_secs(20),
         || {
-            c_ns.run(&["curl", "-sS", "--max-time", "2", "http://198.18.0.2:8080/"])
+            c_ns.run(&["curl", "-sS", "--max-time", "2", "http://10.0.0.2:8080/"])
                 .map_err(|e| e.to_string())
         },
     )?;
@@ -70,7 +70,7 @@ fn topology(h: &Harness) -> Result<()> {
     })?;
     assert_eq!(local.trim(), "seen 192.168.10.2");
     // …but the public side can reach neither the LAN nor the router itself.
-    s_ns.ip(&["route", "add", "192.168.10.0/24", "via", "198.18.0.21"])?;
+    s_ns.ip(&["route", "add", "192.168.10.0/24", "via", "10.0.0.21"])?;
     let inbound = s_ns.run(&[
         "curl",
         "-sS",
@@ -82,7 +82,7 @@ fn topology(h: &Harness) -> Result<()> {
         inbound.is_err(),
         "unsolicited inbound reached the LAN: {inbound:?}"
     );
-    let to_router = s_ns.run(&["curl", "-sS", "--max-time", "2", "http://198.18.0.21:22/"]);
+    let to_router = s_ns.run(&["curl", "-sS", "--max-time", "2", "http://10.0.0.21:22/"]);
     assert!(
         to_router.is_err(),
         "router answered on its WAN side: {to_router:?}"

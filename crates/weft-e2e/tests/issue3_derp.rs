@@ -4,9 +4,9 @@
 //! Topology:
 //!
 //! ```text
-//!   alpha 192.168.10.2 ─ NAT ra (198.18.0.21) ─┐
-//!                                              ├─ public 198.18.0.0/24 ─ weft server 198.18.0.2
-//!   beta  192.168.20.2 ─ NAT rb (198.18.0.22) ─┘
+//!   alpha 192.168.10.2 ─ NAT ra (10.0.0.21) ─┐
+//!                                              ├─ public 10.0.0.0/24 ─ weft server 10.0.0.2
+//!   beta  192.168.20.2 ─ NAT rb (10.0.0.22) ─┘
 //! ```
 //!
 //! Both routers masquerade and drop unsolicited inbound traffic; ra keeps ports
@@ -23,7 +23,7 @@ use weft_e2e::{
     WeftServer,
 };
 
-const SERVER: [u8; 4] = [198, 18, 0, 2];
+const SERVER: [u8; 4] = [10, 0, 0, 2];
 const TIMEOUT: Duration = Duration::from_secs(90);
 
 #[test]
@@ -41,7 +41,7 @@ fn derp_only(h: &Harness) -> Result<()> {
     let ra = NatRouter::new(
         "ra",
         public.lan(),
-        [198, 18, 0, 21].into(),
+        [10, 0, 0, 21].into(),
         [192, 168, 10, 1].into(),
         24,
         Mapping::EndpointIndependent,
@@ -49,7 +49,7 @@ fn derp_only(h: &Harness) -> Result<()> {
     let rb = NatRouter::new(
         "rb",
         public.lan(),
-        [198, 18, 0, 22].into(),
+        [10, 0, 0, 22].into(),
         [192, 168, 20, 1].into(),
         24,
         Mapping::EndpointDependent,

@@ -1,7 +1,7 @@
 //! Issue 3: two standalone `weft derp` relays meshed into one region, one tsnet client
 //! on each, exchanging HTTP through the mesh.
 //!
-//! Topology: public 198.18.0.0/24 with the server (.2, `--derp-map` pointing at the
+//! Topology: public 10.0.0.0/24 with the server (.2, `--derp-map` pointing at the
 //! relays), relay 900a (.31) and relay 900b (.32); alpha behind NAT ra, beta behind NAT
 //! rb. ra refuses TCP to 900b and rb refuses TCP to 900a, so alpha can only use 900a
 //! and beta only 900b (tsnet tries a region's nodes in order). No UDP passes between
@@ -16,9 +16,9 @@ use weft_e2e::{
     TsnetConfig, TsnetNode, WeftServer,
 };
 
-const SERVER: [u8; 4] = [198, 18, 0, 2];
-const RELAY_A: [u8; 4] = [198, 18, 0, 31];
-const RELAY_B: [u8; 4] = [198, 18, 0, 32];
+const SERVER: [u8; 4] = [10, 0, 0, 2];
+const RELAY_A: [u8; 4] = [10, 0, 0, 31];
+const RELAY_B: [u8; 4] = [10, 0, 0, 32];
 const TIMEOUT: Duration = Duration::from_secs(90);
 const MESH_KEY: &str = "5f1c0a9e3b7d2468ace0f1357b9d2468ace0f1357b9d2468ace0f1357b9d2468";
 
@@ -92,7 +92,7 @@ fn mesh(h: &Harness) -> Result<()> {
     let ra = NatRouter::new(
         "ra",
         public.lan(),
-        [198, 18, 0, 21].into(),
+        [10, 0, 0, 21].into(),
         [192, 168, 10, 1].into(),
         24,
         Mapping::EndpointIndependent,
@@ -100,7 +100,7 @@ fn mesh(h: &Harness) -> Result<()> {
     let rb = NatRouter::new(
         "rb",
         public.lan(),
-        [198, 18, 0, 22].into(),
+        [10, 0, 0, 22].into(),
         [192, 168, 20, 1].into(),
         24,
         Mapping::EndpointIndependent,

@@ -1,8 +1,8 @@
 //! Issue 3: STUN clients behind an nftables NAT get the NAT's outside address from the
 //! STUN server embedded in `weft server`.
 //!
-//! Topology: public 198.18.0.0/24 with the server (.2, STUN on UDP 3478); a client
-//! behind NAT router r (WAN 198.18.0.21).
+//! Topology: public 10.0.0.0/24 with the server (.2, STUN on UDP 3478); a client
+//! behind NAT router r (WAN 10.0.0.21).
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use weft_e2e::{
     find_in_path, wait_for, Harness, Mapping, NatRouter, Netns, Result, Segment, WeftServer,
 };
 
-const SERVER: [u8; 4] = [198, 18, 0, 2];
+const SERVER: [u8; 4] = [10, 0, 0, 2];
 
 #[test]
 #[ignore = "needs root + netns"]
@@ -27,7 +27,7 @@ fn stun(h: &Harness) -> Result<()> {
     let router = NatRouter::new(
         "r",
         public.lan(),
-        [198, 18, 0, 21].into(),
+        [10, 0, 0, 21].into(),
         [192, 168, 10, 1].into(),
         24,
         Mapping::EndpointIndependent,
@@ -41,7 +41,7 @@ fn stun(h: &Harness) -> Result<()> {
         &s_ns,
         SERVER.into(),
         8080,
-        &["--stun-listen", "198.18.0.2:3478"],
+        &["--stun-listen", "10.0.0.2:3478"],
     )?;
     let client = find_in_path("turnutils_stunclient").ok_or_else(|| {
         weft_e2e::Error::Environment("turnutils_stunclient (Debian package coturn)".to_owned())
@@ -51,7 +51,7 @@ fn stun(h: &Harness) -> Result<()> {
     // Act: a binding request from behind the NAT (UDP may need a retry while the
     // server's socket comes up, so poll).
     let out = wait_for("a STUN answer from weft", Duration::from_secs(20), || {
-        c_ns.run(&[&client, "-p", "3478", "198.18.0.2"])
+        c_ns.run(&[&client, "-p", "3478", "10.0.0.2"])
             .map_err(|e| e.to_string())
     })?;
 
