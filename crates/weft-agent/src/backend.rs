@@ -162,10 +162,16 @@ impl Backend {
         self.save()?;
         self.refresh_lite();
         let auth_key = (!req.auth_key.is_empty()).then_some(req.auth_key);
-        if self.control.is_some() && auth_key.is_none() && self.logged_in {
+        let expired = self.netmap.as_ref().is_some_and(|nm| nm.self_expired);
+        if self.control.is_some() && auth_key.is_none() && self.logged_in && !expired {
             return Ok(());
         }
-        self.start_control(auth_key, ctl_tx);
+        if expired {
+            tracing::info!("node key expired; logging in again with a new key");
+            self.logged_in = false;
+            self.netmap = None;
+        }
+        self.start_control_with(auth_key, expired, ctl_tx);
         if self.logged_in {
             if let Some(node) = self.state.node.clone() {
                 let _ = self.engine_cmds.send(EngineCmd::SetKey(Some(node))).await;
@@ -344,6 +350,10 @@ impl Backend {
     }
 
     fn start_control(&mut self, auth_key: Option<String>, ctl_tx: &mpsc::Sender<CtlMsg>) {
+        self.start_control_with(auth_key, false, ctl_tx);
+    }
+
+    fn start_control_with(&mut self, auth_key: Option<String>, regen: bool, ctl_tx: &mpsc::Sender<CtlMsg>) {
         self.stop_control();
         let (Some(url), Some(node)) = (
             self.state.prefs.control_url.clone(),
@@ -360,7 +370,7 @@ impl Backend {
             node,
             old_node: self.state.old_node,
             auth_key,
-            regen: false,
+            regen,
         };
         let (tx, mut rx) = mpsc::channel(64);
         let fwd = ctl_tx.clone();

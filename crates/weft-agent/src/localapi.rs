@@ -219,7 +219,7 @@ pub enum ApiCommand {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The socket could not be reached (daemon not running?).
-    #[error("cannot connect to weft daemon at {path}: {source} (is `weft daemon` running?)")]
+    #[error("cannot connect to weft daemon at {path} (is `weft daemon` running?)")]
     Connect {
         /// Socket path.
         path: PathBuf,

@@ -1,0 +1,151 @@
+//! Issue 4 end to end: two `weft daemon`s behind two nftables NATs with `weft server` on a
+//! public segment, in network namespaces this test creates (nothing touches the host's).
+//!
+//! Topology: public 198.18.0.0/24 with the server (.2); node a behind NAT router ra
+//! (WAN 198.18.0.21, LAN 192.168.10.0/24) and node b behind rb (WAN 198.18.0.22, LAN
+//! 192.168.20.0/24). The routers drop unsolicited inbound traffic on their WAN side.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use weft_e2e::{spawn_weft, wait_for, Harness, Mapping, NatRouter, Netns, Proc, Result, Segment, WeftServer};
+
+const SERVER: [u8; 4] = [198, 18, 0, 2];
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Node {
+    ns: Netns,
+    socket: String,
+    _daemon: Proc,
+}
+
+impl Node {
+    fn weft(&self, args: &[&str]) -> Result<String> {
+        let bin = weft_e2e::weft_binary().display().to_string();
+        let mut all = vec![bin.as_str(), "--socket", &self.socket];
+        all.extend_from_slice(args);
+        self.ns.run(&all)
+    }
+
+    fn ipv4(&self) -> Result<Ipv4Addr> {
+        let out = self.weft(&["ip", "-4"])?;
+        out.trim()
+            .parse()
+            .map_err(|e| weft_e2e::Error::Check(format!("`weft ip -4` printed {out:?}: {e}")))
+    }
+}
+
+struct Net {
+    _public: Segment,
+    _routers: Vec<NatRouter>,
+    server: WeftServer,
+    a: Node,
+    b: Node,
+}
+
+fn build(h: &Harness, mapping: Mapping) -> Result<Net> {
+    let public = Segment::new("pub", 24)?;
+    let s_ns = Netns::new("srv")?;
+    public.lan().attach(&s_ns, "eth0", SERVER.into())?;
+    let server = WeftServer::start_with_args(h, &s_ns, SERVER.into(), 8080, &["--stun-listen", "198.18.0.2:3478"])?;
+    server.create_user("alice")?;
+    let key = server.create_authkey("alice", true)?;
+    let ra = NatRouter::new("ra", public.lan(), [198, 18, 0, 21].into(), [192, 168, 10, 1].into(), 24, mapping)?;
+    let rb = NatRouter::new("rb", public.lan(), [198, 18, 0, 22].into(), [192, 168, 20, 1].into(), 24, mapping)?;
+    let a = start_node(h, &ra, "a", [192, 168, 10, 2].into())?;
+    let b = start_node(h, &rb, "b", [192, 168, 20, 2].into())?;
+    for n in [&a, &b] {
+        let name = n.ns.name().to_owned();
+        let out = n.weft(&["up", "--login-server", server.url(), "--auth-key", &key, "--timeout", "60"])?;
+        eprintln!("weft up in {name}: {out}");
+    }
+    Ok(Net { _public: public, _routers: vec![ra, rb], server, a, b })
+}
+
+fn start_node(h: &Harness, router: &NatRouter, tag: &str, addr: Ipv4Addr) -> Result<Node> {
+    let ns = Netns::new(tag)?;
+    router.lan().attach(&ns, "eth0", addr)?;
+    ns.ip(&["link", "set", "lo", "up"])?;
+    let dir = h.subdir(&format!("{tag}-state"))?;
+    let socket = dir.join("weftd.sock").display().to_string();
+    let args: Vec<String> = [
+        "--socket",
+        &socket,
+        "daemon",
+        "--state-dir",
+        &dir.join("state").display().to_string(),
+        "--tun",
+        "weft0",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let daemon = spawn_weft(h, &ns, &format!("weftd-{tag}"), &args)?;
+    let node = Node { ns, socket, _daemon: daemon };
+    wait_for("the daemon's LocalAPI", WAIT, || node.weft(&["status", "--json"]).map_err(|e| e.to_string()))?;
+    Ok(node)
+}
+
+#[test]
+#[ignore = "needs root + netns"]
+fn two_nodes_behind_endpoint_independent_nats_ping_directly_and_carry_icmp() -> Result<()> {
+    let h = Harness::new("issue4_direct")?;
+    h.finish(direct(&h))
+}
+
+fn direct(h: &Harness) -> Result<()> {
+    let net = build(h, Mapping::EndpointIndependent)?;
+    let b_ip = net.b.ipv4()?;
+    assert!(weft_e2e::is_cgnat(b_ip), "b's address {b_ip} is in 100.64.0.0/10");
+
+    // `weft ping` ends with a direct pong through b's NAT (its WAN address).
+    let out = wait_for("a direct pong from b", WAIT, || {
+        net.a.weft(&["ping", "--timeout", "2", &b_ip.to_string()]).map_err(|e| e.to_string())
+    })?;
+    let last = out.lines().last().unwrap_or_default().to_owned();
+    assert!(last.starts_with(&format!("pong from b ({b_ip}) via 198.18.0.22:")), "{out}");
+
+    // Kernel traffic through the TUN devices.
+    wait_for("ICMP from a to b through the tunnel", WAIT, || {
+        net.a.ns.run(&["ping", "-c", "1", "-W", "2", &b_ip.to_string()]).map_err(|e| e.to_string())
+    })?;
+    let status = net.a.weft(&["status"])?;
+    assert!(status.contains("active; direct 198.18.0.22:"), "{status}");
+    let nodes = net.server.nodes()?;
+    assert_eq!(nodes.len(), 2);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root + netns"]
+fn two_nodes_behind_endpoint_dependent_nats_still_talk_via_derp() -> Result<()> {
+    let h = Harness::new("issue4_derp")?;
+    h.finish(relayed(&h))
+}
+
+fn relayed(h: &Harness) -> Result<()> {
+    let net = build(h, Mapping::EndpointDependent)?;
+    let b_ip = net.b.ipv4()?;
+    let out = wait_for("a pong via DERP", WAIT, || {
+        // Not direct: the CLI exits non-zero after its pongs, so read its output either way.
+        let bin = weft_e2e::weft_binary().display().to_string();
+        let o = net
+            .a
+            .ns
+            .command(&bin)
+            .args(["--socket", &net.a.socket, "ping", "-c", "3", "--timeout", "2", &b_ip.to_string()])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        if text.contains("via DERP(weft)") {
+            Ok(text)
+        } else {
+            Err(format!("stdout {text:?} stderr {:?}", String::from_utf8_lossy(&o.stderr)))
+        }
+    })?;
+    assert!(out.contains(&format!("pong from b ({b_ip}) via DERP(weft)")), "{out}");
+    wait_for("ICMP from a to b via DERP", WAIT, || {
+        net.a.ns.run(&["ping", "-c", "1", "-W", "2", &b_ip.to_string()]).map_err(|e| e.to_string())
+    })?;
+    Ok(())
+}
