@@ -4,8 +4,9 @@
 //! either directly on the public network or behind a NAT modelled after
 //! RFC 4787 (endpoint-independent or endpoint-dependent *mapping*; open,
 //! address-restricted or port-restricted *filtering*; mapping expiry). The
-//! public network also holds a STUN server and a DERP relay (a plain
-//! "deliver to the node with that key" model) per region, and a trivial
+//! public network also holds, per region, a STUN server (`weft_proto::stun`)
+//! and a DERP relay run by `weft_proto::derp::ServerCore` (forwarding,
+//! PeerGone), and a trivial
 //! control plane that copies each host's reported endpoints and home region
 //! into the other hosts' netmaps.
 //!
@@ -23,11 +24,13 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use ipnet::IpNet;
-use weft_key::{DiscoPrivate, NodePrivate, NodePublic};
+use weft_key::{DiscoPrivate, NodePrivate};
 use weft_magicsock::{
     Config, DerpRegion, Destination, Event, Magicsock, Path, PeerConfig, RegionId, Transmit,
 };
+use weft_proto::derp::{Command, ConnId, ConnInfo, Frame, ServerCore, ServerStats};
 use weft_proto::stun;
 
 /// NAT mapping behaviour (RFC 4787 §4.1).
@@ -187,6 +190,8 @@ pub struct Host {
     pub events: Vec<(Instant, Event)>,
     /// Receive errors, counted by kind.
     pub recv_errors: BTreeMap<String, u64>,
+    /// DERP PeerGone frames received.
+    pub derp_peer_gone: u64,
     edge: Edge,
     nat: Option<NatState>,
     latency: Duration,
@@ -199,7 +204,7 @@ impl Host {
     }
 }
 
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug)]
 enum Delivery {
     /// A UDP datagram on the public network (after source NAT), to route by destination.
     Udp {
@@ -207,12 +212,17 @@ enum Delivery {
         to: SocketAddr,
         payload: Vec<u8>,
     },
-    /// A DERP-relayed packet arriving at a host.
-    Derp {
+    /// A frame from a host's DERP client arriving at the region's server.
+    ToDerp {
         region: RegionId,
-        from: NodePublic,
-        to: NodePublic,
-        payload: Vec<u8>,
+        conn: ConnId,
+        frame: Frame,
+    },
+    /// A frame from the region's server arriving at a host's DERP client.
+    FromDerp {
+        region: RegionId,
+        host: HostId,
+        frame: Frame,
     },
 }
 
@@ -225,7 +235,7 @@ pub struct NetStats {
     pub udp_delivered: u64,
     /// UDP datagrams dropped by NAT filtering, expiry or unroutable destinations.
     pub udp_dropped: u64,
-    /// Packets relayed through DERP.
+    /// Packets relayed through DERP and delivered to a host.
     pub derp_relayed: u64,
 }
 
@@ -244,7 +254,9 @@ pub struct Sim {
     /// Whether to record [`Sim::wire_log`].
     pub log_wire: bool,
     regions: Vec<(RegionId, SocketAddr)>,
-    queue: BinaryHeap<Reverse<(Instant, u64, Delivery)>>,
+    queue: BinaryHeap<Reverse<(Instant, u64)>>,
+    pending: BTreeMap<u64, Delivery>,
+    derp: BTreeMap<RegionId, ServerCore>,
     seq: u64,
     server_latency: Duration,
     derp_latency: Duration,
@@ -267,6 +279,8 @@ impl Sim {
             log_wire: false,
             regions: vec![(900, SocketAddr::from((STUN_BASE, 3478)))],
             queue: BinaryHeap::new(),
+            pending: BTreeMap::new(),
+            derp: BTreeMap::from([(900, ServerCore::new())]),
             seq: 0,
             server_latency: Duration::from_millis(5),
             derp_latency: Duration::from_millis(30),
@@ -320,10 +334,12 @@ impl Sim {
             delivered: Vec::new(),
             events: Vec::new(),
             recv_errors: BTreeMap::new(),
+            derp_peer_gone: 0,
             edge,
             nat,
             latency,
         });
+        self.connect_derp(id);
         self.sync_netmaps();
         self.drain_all();
         id
@@ -391,7 +407,7 @@ impl Sim {
     /// Advances to the earliest pending deadline and processes everything due
     /// then. Returns false if nothing is pending at all.
     pub fn step(&mut self) -> bool {
-        let next_packet = self.queue.peek().map(|Reverse((t, _, _))| *t);
+        let next_packet = self.queue.peek().map(|Reverse((t, _))| *t);
         let next_timer = self
             .hosts
             .iter()
@@ -401,14 +417,16 @@ impl Sim {
             return false;
         };
         self.now = self.now.max(next);
-        while let Some(Reverse((t, _, _))) = self.queue.peek() {
+        while let Some(Reverse((t, _))) = self.queue.peek() {
             if *t > self.now {
                 break;
             }
-            let Some(Reverse((_, _, d))) = self.queue.pop() else {
+            let Some(Reverse((_, seq))) = self.queue.pop() else {
                 break;
             };
-            self.deliver(d);
+            if let Some(d) = self.pending.remove(&seq) {
+                self.deliver(d);
+            }
         }
         for i in 0..self.hosts.len() {
             if self.hosts[i]
@@ -431,7 +449,7 @@ impl Sim {
             if pred(self) {
                 return true;
             }
-            let next_packet = self.queue.peek().map(|Reverse((t, _, _))| *t);
+            let next_packet = self.queue.peek().map(|Reverse((t, _))| *t);
             let next_timer = self
                 .hosts
                 .iter()
@@ -496,7 +514,8 @@ impl Sim {
 
     fn push(&mut self, at: Instant, d: Delivery) {
         self.seq += 1;
-        self.queue.push(Reverse((at, self.seq, d)));
+        self.pending.insert(self.seq, d);
+        self.queue.push(Reverse((at, self.seq)));
     }
 
     /// One-way latency from the public network to whoever owns `ip`.
@@ -540,44 +559,126 @@ impl Sim {
                 );
             }
             Destination::Derp { region, peer } => {
-                let rx_latency = self
-                    .hosts
-                    .iter()
-                    .find(|h| h.sock.node_public() == peer)
-                    .map_or(Duration::ZERO, |h| h.latency);
-                let h = &self.hosts[id];
-                let from = h.sock.node_public();
-                let at = now + h.latency + self.derp_latency + rx_latency;
+                let at = now + self.hosts[id].latency + self.derp_latency / 2;
+                let frame = Frame::SendPacket {
+                    dst: peer,
+                    packet: Bytes::from(t.payload),
+                };
                 self.push(
                     at,
-                    Delivery::Derp {
+                    Delivery::ToDerp {
                         region,
-                        from,
-                        to: peer,
-                        payload: t.payload,
+                        conn: ConnId(id as u64),
+                        frame,
                     },
                 );
             }
         }
     }
 
+    /// Carries out what a region's DERP server core decided.
+    fn run_derp(&mut self, region: RegionId) {
+        let now = self.now;
+        loop {
+            let Some(cmd) = self
+                .derp
+                .get_mut(&region)
+                .and_then(ServerCore::poll_command)
+            else {
+                break;
+            };
+            match cmd {
+                Command::Send { conn, frame } => {
+                    let host = conn.0 as usize;
+                    let Some(h) = self.hosts.get(host) else {
+                        continue;
+                    };
+                    let at = now + self.derp_latency / 2 + h.latency;
+                    self.push(
+                        at,
+                        Delivery::FromDerp {
+                            region,
+                            host,
+                            frame,
+                        },
+                    );
+                }
+                Command::Close { conn, .. } => {
+                    if let Some(core) = self.derp.get_mut(&region) {
+                        core.handle_disconnect(conn);
+                    }
+                }
+                Command::Forward { .. } => {}
+            }
+        }
+    }
+
+    /// Disconnects host `id` from every DERP region (its relay connection drops).
+    pub fn disconnect_derp(&mut self, id: HostId) {
+        let regions: Vec<RegionId> = self.derp.keys().copied().collect();
+        for r in regions {
+            if let Some(core) = self.derp.get_mut(&r) {
+                core.handle_disconnect(ConnId(id as u64));
+            }
+            self.run_derp(r);
+        }
+    }
+
+    /// Connects host `id` to every DERP region (done by [`Sim::add_host`]).
+    pub fn connect_derp(&mut self, id: HostId) {
+        let key = self.hosts[id].sock.node_public();
+        let info = ConnInfo {
+            remote: self.hosts[id].addr,
+            is_mesh_peer: false,
+            is_prober: false,
+            can_ack_pings: true,
+        };
+        let regions: Vec<RegionId> = self.derp.keys().copied().collect();
+        for r in regions {
+            if let Some(core) = self.derp.get_mut(&r) {
+                core.handle_connect(ConnId(id as u64), key, info.clone());
+            }
+            self.run_derp(r);
+        }
+    }
+
+    /// Statistics of a region's DERP server core.
+    pub fn derp_stats(&self, region: RegionId) -> Option<ServerStats> {
+        self.derp.get(&region).map(|c| c.stats().clone())
+    }
+
     fn deliver(&mut self, d: Delivery) {
         let now = self.now;
         match d {
-            Delivery::Derp {
+            Delivery::ToDerp {
                 region,
-                from,
-                to,
-                payload,
+                conn,
+                frame,
             } => {
-                let Some(i) = self.hosts.iter().position(|h| h.sock.node_public() == to) else {
-                    return;
-                };
-                self.stats.derp_relayed += 1;
-                let h = &mut self.hosts[i];
-                let r = h.sock.handle_derp_packet(region, from, &payload, now);
-                record(h, r);
-                self.drain(i);
+                if let Some(core) = self.derp.get_mut(&region) {
+                    core.handle_frame(conn, frame, now);
+                }
+                self.run_derp(region);
+            }
+            Delivery::FromDerp {
+                region,
+                host,
+                frame,
+            } => {
+                let h = &mut self.hosts[host];
+                match frame {
+                    Frame::RecvPacket { src, packet } => {
+                        self.stats.derp_relayed += 1;
+                        let r = h.sock.handle_derp_packet(region, src, &packet, now);
+                        record(h, r);
+                    }
+                    Frame::PeerGone { key, .. } => {
+                        h.derp_peer_gone += 1;
+                        h.sock.handle_derp_peer_gone(region, key, now);
+                    }
+                    _ => {}
+                }
+                self.drain(host);
             }
             Delivery::Udp { from, to, payload } => {
                 if let Some((_, stun_addr)) = self.regions.iter().find(|(_, a)| *a == to) {

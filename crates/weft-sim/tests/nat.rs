@@ -334,3 +334,33 @@ mod property {
         }
     }
 }
+
+#[test]
+fn a_peer_leaving_derp_is_reported_gone_and_traffic_resumes_when_it_returns() {
+    let hard = Edge::Nat(Nat::new(
+        Mapping::EndpointDependent,
+        Filtering::PortRestricted,
+    ));
+    let mut sim = Sim::new();
+    let a = sim.add_host("a", hard, Duration::from_millis(10));
+    let b = sim.add_host("b", hard, Duration::from_millis(10));
+    sim.run_for(secs(1));
+    exchange(&mut sim, a, b, 3);
+    let delivered = sim.derp_stats(900).expect("region").packets_delivered;
+    assert!(delivered > 0);
+
+    sim.disconnect_derp(b);
+    sim.run_for(secs(1));
+    assert_eq!(
+        sim.hosts[a].derp_peer_gone, 1,
+        "a learned that b left the region"
+    );
+    let lost = sim.send_ip(a, b, b"into the void");
+    sim.run_for(secs(2));
+    assert!(!sim.hosts[b].delivered.contains(&lost));
+    assert!(sim.derp_stats(900).expect("region").dropped_unknown > 0);
+
+    sim.connect_derp(b);
+    let back = sim.send_ip(a, b, b"welcome back");
+    assert!(sim.run_until(|s| s.hosts[b].delivered.contains(&back), secs(2)));
+}
