@@ -59,6 +59,8 @@ pub struct FileConfig {
     pub admin_api_key: Option<String>,
     /// Send an EarlyNoise challenge after the Noise handshake (default off).
     pub early_noise: Option<bool>,
+    /// Interactive login with OpenID Connect (`[oidc]` table, see [`weft_oidc::OidcConfig`]).
+    pub oidc: Option<weft_oidc::OidcConfig>,
 }
 
 impl FileConfig {
@@ -113,6 +115,8 @@ pub struct ControlConfig {
     pub early_noise: bool,
     /// Bearer key for the TCP admin API (`None` = TCP admin API refused).
     pub admin_api_key: Option<String>,
+    /// OpenID Connect login; `None` = logins are completed with `weft nodes register`.
+    pub oidc: Option<weft_oidc::OidcConfig>,
 }
 
 impl ControlConfig {
@@ -132,6 +136,7 @@ impl ControlConfig {
             keepalive: Duration::from_secs(50),
             early_noise: false,
             admin_api_key: None,
+            oidc: None,
         }
     }
 
@@ -183,6 +188,9 @@ impl ControlConfig {
         }
         if let Some(v) = &f.admin_api_key {
             self.admin_api_key = Some(v.clone());
+        }
+        if let Some(v) = &f.oidc {
+            self.oidc = Some(v.clone());
         }
         Ok(())
     }

@@ -17,6 +17,7 @@ pub mod config;
 pub mod convert;
 mod error;
 pub mod hub;
+mod login;
 mod machine;
 mod poll;
 mod register;
@@ -25,7 +26,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -53,6 +54,9 @@ pub enum ControlError {
     /// A stored value is unusable.
     #[error("{0}")]
     Corrupt(String),
+    /// The OpenID Connect settings are unusable.
+    #[error("{0}")]
+    Oidc(#[from] weft_oidc::OidcError),
 }
 
 pub(crate) struct Inner {
@@ -67,6 +71,8 @@ pub(crate) struct Inner {
     pub(crate) auth_waiters: Mutex<BTreeMap<String, watch::Sender<bool>>>,
     /// Clock (overridable in tests).
     pub(crate) clock: Box<dyn Fn() -> SystemTime + Send + Sync>,
+    /// OpenID Connect relying party, when configured (discovery happens on first use).
+    pub(crate) oidc: Option<Arc<weft_oidc::OidcProvider>>,
 }
 
 /// The coordination server. Cheap to clone.
@@ -118,6 +124,13 @@ impl Control {
             snap.nodes.insert(n.id.0, convert::node_state(&n, false, 0));
         }
         tracing::info!(nodes = snap.nodes.len(), users = snap.users.len(), noise_key = %noise_key.public(), "control server state loaded");
+        let oidc = match &cfg.oidc {
+            Some(o) => Some(Arc::new(weft_oidc::OidcProvider::new(
+                o.clone(),
+                &cfg.server_url,
+            )?)),
+            None => None,
+        };
         Ok(Control {
             inner: Arc::new(Inner {
                 cfg,
@@ -127,6 +140,7 @@ impl Control {
                 write: tokio::sync::Mutex::new(()),
                 auth_waiters: Mutex::new(BTreeMap::new()),
                 clock: Box::new(SystemTime::now),
+                oidc,
             }),
         })
     }
@@ -178,7 +192,8 @@ impl Control {
         machine::router(self.clone())
     }
 
-    /// The public HTTP router (`/key`, `/ts2021`, `/register/<id>`, `/health`), merged with
+    /// The public HTTP router (`/key`, `/ts2021`, `/register/<id>` and `/oidc/callback` from
+    /// [`weft_oidc::router`], `/health`), merged with
     /// `extra` (e.g. the embedded DERP relay's `/derp` routes).
     pub fn public_router(&self, extra: Option<Router>) -> Router {
         let noise = self.noise_router();
@@ -196,12 +211,12 @@ impl Control {
                     weft_ts2021::upgrade_with(req, key.clone(), noise.clone(), ts_config.clone())
                 }),
             )
-            .route("/register/{auth_id}", get(register_page))
             .route(
                 "/health",
                 get(|| async { Json(serde_json::json!({"status": "ok"})) }),
             )
-            .with_state(self.clone());
+            .with_state(self.clone())
+            .merge(login::router(self));
         match extra {
             Some(e) => r.merge(e),
             None => r,
@@ -335,38 +350,4 @@ async fn key_handler(State(c): State<Control>, Query(q): Query<KeyQuery>) -> Res
         public_key: c.noise_public(),
     })
     .into_response()
-}
-
-async fn register_page(State(c): State<Control>, Path(auth_id): Path<String>) -> Response {
-    let valid = auth_id.len() <= 64
-        && auth_id
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_');
-    if !valid {
-        return (StatusCode::BAD_REQUEST, "invalid registration id\n").into_response();
-    }
-    match c.inner.store.get_session(&auth_id).await {
-        Ok(s) if s.completed_user_id.is_none() => {
-            let body = format!(
-                "<!doctype html><html><head><title>weft: register machine</title></head><body>\
-                 <h1>Register this machine</h1>\
-                 <p>Machine <code>{}</code> wants to join the tailnet.</p>\
-                 <p>An administrator completes the registration with:</p>\
-                 <pre>weft nodes register --user USERNAME --key {}</pre></body></html>",
-                s.machine_key.short(),
-                auth_id
-            );
-            (
-                [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
-                body,
-            )
-                .into_response()
-        }
-        Ok(_) => (
-            StatusCode::OK,
-            "this registration is complete; you may close this page\n",
-        )
-            .into_response(),
-        Err(_) => (StatusCode::NOT_FOUND, "unknown or expired registration\n").into_response(),
-    }
 }

@@ -417,7 +417,8 @@ pub(crate) async fn complete_session(
                 auth_key_id: None,
                 tags: (!keep_tags).then(Vec::new),
                 ephemeral: s.ephemeral,
-                approved: Some(true),
+                // With device approval required, a re-login keeps the node's approval state.
+                approved: (!c.inner.cfg.require_approval).then_some(true),
             };
             store.reregister_node(n.id, r, now_odt).await?
         }
@@ -437,7 +438,7 @@ pub(crate) async fn complete_session(
                 approved_routes: Vec::new(),
                 auth_key_id: None,
                 ephemeral: s.ephemeral,
-                approved: true,
+                approved: !c.inner.cfg.require_approval,
                 expiry: key_expiry_for(c, false, now, requested),
             };
             store.create_node(new, now_odt).await?

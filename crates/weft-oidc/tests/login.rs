@@ -1,6 +1,7 @@
 //! Interactive login end to end, against a real OpenID Connect provider we did not write
 //! (panva/oidc-provider, `tests/idp/idp.mjs`, on 127.0.0.1) and an in-process weft-control
-//! server reached over ts2021, with the login driven like a person in a browser: an HTTP
+//! server configured with `oidc` (its public router serves the login pages), reached over
+//! ts2021, with the login driven like a person in a browser: an HTTP
 //! client with a cookie jar that follows redirects and submits the provider's forms.
 //!
 //! Needs `node` and `scripts/setup-oidc-idp.sh` to have run. Without them the tests print
@@ -11,16 +12,14 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use reqwest::Url;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
-use weft_control::{ApiError, Control, ControlConfig};
+use weft_control::{Control, ControlConfig};
 use weft_key::{MachinePrivate, NodePrivate};
-use weft_oidc::routes::CompleteError;
-use weft_oidc::{LoginRoutes, OidcConfig, OidcProvider, SessionCompleter};
-use weft_store::{Node, Store, User};
+use weft_oidc::{OidcConfig, OidcProvider};
+use weft_store::Store;
 use weft_tailcfg::{Hostinfo, RegisterRequest, RegisterResponse};
 use weft_ts2021::Ts2021Client;
 
@@ -92,25 +91,6 @@ async fn start_idp(redirect_uri: &str) -> Idp {
     }
 }
 
-/// Completes registrations through the control server, as the server wiring does.
-struct ControlCompleter(Control);
-
-#[async_trait]
-impl SessionCompleter for ControlCompleter {
-    async fn complete_session(&self, auth_id: &str, user: &User) -> Result<Node, CompleteError> {
-        self.0
-            .complete_auth_session(auth_id, user.id)
-            .await
-            .map_err(|e| match e {
-                ApiError::NotFound(_) => CompleteError::Gone,
-                ApiError::Conflict(_) => CompleteError::AlreadyComplete,
-                e => CompleteError::Other(e.to_string()),
-            })
-    }
-
-    async fn user_updated(&self, _user: &User) {}
-}
-
 struct Env {
     url: String,
     control: Control,
@@ -120,6 +100,13 @@ struct Env {
 }
 
 async fn start(tweak: impl FnOnce(&mut OidcConfig)) -> Env {
+    start_with(tweak, |_| {}).await
+}
+
+async fn start_with(
+    tweak: impl FnOnce(&mut OidcConfig),
+    tweak_control: impl FnOnce(&mut ControlConfig),
+) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let store = weft_store::open(&weft_store::sqlite_url_for_dir(dir.path()))
         .await
@@ -127,9 +114,6 @@ async fn start(tweak: impl FnOnce(&mut OidcConfig)) -> Env {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let idp = start_idp(&format!("{url}/oidc/callback")).await;
-    let control = Control::new(ControlConfig::new(&url), store.clone())
-        .await
-        .unwrap();
     let mut cfg = OidcConfig::new(&idp.issuer, "weft", Some("weft-test-secret"));
     cfg.scopes = ["openid", "profile", "email", "groups"]
         .into_iter()
@@ -137,13 +121,13 @@ async fn start(tweak: impl FnOnce(&mut OidcConfig)) -> Env {
         .collect();
     cfg.allowed_domains = vec!["example.com".into()];
     tweak(&mut cfg);
-    let provider = OidcProvider::discover(cfg, &url).await.unwrap();
-    let login = weft_oidc::router(LoginRoutes {
-        store: store.clone(),
-        provider: Some(Arc::new(provider)),
-        completer: Arc::new(ControlCompleter(control.clone())),
-    });
-    let app = login.fallback_service(control.public_router(None));
+    // The configuration must be usable: discovery succeeds against the provider.
+    OidcProvider::discover(cfg.clone(), &url).await.unwrap();
+    let mut ccfg = ControlConfig::new(&url);
+    ccfg.oidc = Some(cfg);
+    tweak_control(&mut ccfg);
+    let control = Control::new(ccfg, store.clone()).await.unwrap();
+    let app = control.public_router(None);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     Env {
         url,
@@ -597,4 +581,100 @@ async fn a_wrong_nonce_is_refused() {
     nothing_registered(&env, &auth_url).await;
     assert!(env.store.list_users().await.unwrap().is_empty());
     pending.abort();
+}
+
+#[tokio::test]
+async fn with_device_approval_required_a_login_waits_until_an_admin_approves() {
+    if !idp_available() {
+        return;
+    }
+    let env = start_with(|_| {}, |c| c.require_approval = true).await;
+    let dev = Device::connect(&env).await;
+    let (auth_url, pending) = dev.begin().await;
+    let page = Browser::new()
+        .login(&auth_url, "alice@example.com", "alice-password")
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body
+            .contains("waits for an administrator to approve it"),
+        "{}",
+        page.body
+    );
+    let r = timeout(WAIT, pending).await.unwrap().unwrap();
+    assert_eq!(r.error, "");
+    assert!(!r.machine_authorized);
+    let node = env
+        .store
+        .get_node_by_node_key(&dev.node.public())
+        .await
+        .unwrap();
+    assert!(!node.approved);
+
+    use tower::ServiceExt;
+    let resp = env
+        .control
+        .admin_router()
+        .oneshot(
+            axum::http::Request::post(format!("/api/v1/nodes/{}/approve", node.id))
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(env.store.get_node(node.id).await.unwrap().approved);
+    let r = register(&dev.client, &dev.request("")).await;
+    assert!(r.machine_authorized);
+}
+
+#[tokio::test]
+async fn without_oidc_the_registration_page_shows_the_admin_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = weft_store::open(&weft_store::sqlite_url_for_dir(dir.path()))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let control = Control::new(ControlConfig::new(&url), store.clone())
+        .await
+        .unwrap();
+    let app = control.public_router(None);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let server = weft_ts2021::fetch_server_key(&url, CAPVER).await.unwrap();
+    let client = weft_ts2021::dial(&url, &MachinePrivate::generate(), server, CAPVER)
+        .await
+        .unwrap();
+    let dev = Device {
+        client,
+        node: NodePrivate::generate(),
+    };
+    let r = register(&dev.client, &dev.request("")).await;
+    let auth_id = r.auth_url.rsplit('/').next().unwrap();
+    let page = Browser::new().get(&r.auth_url, never).await.page();
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains(&format!(
+            "weft nodes register --user USERNAME --key {auth_id}"
+        )),
+        "{}",
+        page.body
+    );
+    let page = Browser::new()
+        .get(&format!("{url}/register/unknown-id"), never)
+        .await
+        .page();
+    assert_eq!(page.status, 404);
+    assert!(
+        page.body.contains("unknown or has expired"),
+        "{}",
+        page.body
+    );
+    let page = Browser::new()
+        .get(&format!("{url}/oidc/callback?code=x&state=y"), never)
+        .await
+        .page();
+    assert_eq!(page.status, 404);
+    assert!(page.body.contains("no identity provider"), "{}", page.body);
+    assert!(store.list_nodes().await.unwrap().is_empty());
 }
