@@ -307,6 +307,8 @@ struct SentPing {
 #[derive(Debug, Clone, Copy, Default)]
 struct Candidate {
     last_ping: Option<Instant>,
+    /// Transaction id of the last ping received from this address.
+    last_rx_tx: Option<TxId>,
     from_netmap: bool,
     from_cmm: bool,
     learned_until: Option<Instant>,
@@ -979,6 +981,11 @@ impl Magicsock {
                     return;
                 };
                 let c = p.candidates.entry(from).or_default();
+                if c.last_rx_tx == Some(ping.tx_id) {
+                    // A duplicated datagram: answered already.
+                    return;
+                }
+                c.last_rx_tx = Some(ping.tx_id);
                 c.learned_until = Some(now + PING_LEARNED_LIFETIME);
                 let recently_pinged = c
                     .last_ping

@@ -590,3 +590,37 @@ fn replies_use_the_derp_region_the_peer_was_heard_on() {
         .handle_derp_packet(901, b_key, &[0; 8], w.now);
     assert_eq!(w.nodes[0].sock.path(&b_key, later), Path::Derp(900));
 }
+
+#[test]
+fn a_duplicated_ping_is_answered_once() {
+    let mut w = World::new(true);
+    let (a_addr, b_addr) = (w.nodes[0].addr, w.nodes[1].addr);
+    let b_disco = DiscoPrivate::from_bytes([102; 32]);
+    let ping = disco::seal(
+        &b_disco,
+        &w.nodes[0].sock.disco_public(),
+        &Message::Ping(Ping {
+            tx_id: [5; 12],
+            node_key: Some(w.nodes[1].sock.node_public()),
+            padding: 0,
+        }),
+        [1; 24],
+    );
+    w.nodes[0]
+        .sock
+        .handle_datagram(a_addr, b_addr, &ping, w.now)
+        .expect("ping");
+    let first: Vec<Transmit> = std::iter::from_fn(|| w.nodes[0].sock.poll_transmit()).collect();
+    assert!(
+        first.iter().any(|t| t.dst == Destination::Udp(b_addr)),
+        "pong sent"
+    );
+    w.nodes[0]
+        .sock
+        .handle_datagram(a_addr, b_addr, &ping, w.now)
+        .expect("dup");
+    assert!(
+        w.nodes[0].sock.poll_transmit().is_none(),
+        "duplicate ignored"
+    );
+}
