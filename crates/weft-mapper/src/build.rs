@@ -163,9 +163,16 @@ pub(crate) fn visible_peers<'a>(
     snap: &'a Snapshot,
     viewer: NodeId,
 ) -> impl Iterator<Item = &'a NodeState> + 'a {
+    let me = snap.nodes.get(&viewer);
     snap.nodes
         .values()
-        .filter(move |p| p.id != viewer && snap.policy.may_see(viewer, p.id))
+        .filter(move |p| p.id != viewer && me.is_some_and(|me| may_see(snap, me, p)))
+}
+
+/// Whether `viewer` is shown `peer`: both are approved (device approval: a node awaiting
+/// it sees no peers and is seen by none) and the policy lets `viewer` see `peer`.
+pub(crate) fn may_see(snap: &Snapshot, viewer: &NodeState, peer: &NodeState) -> bool {
+    viewer.machine_authorized && peer.machine_authorized && snap.policy.may_see(viewer.id, peer.id)
 }
 
 /// The first message of a map stream for `node`, and the session state that records it.

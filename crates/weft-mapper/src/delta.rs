@@ -194,7 +194,10 @@ impl Delta {
         let mut resp = MapResponse::default();
         let mut profiles: BTreeMap<i64, UserProfile> = BTreeMap::new();
         for (&id, (node, profile)) in &self.updated {
-            let visible = snap.policy.may_see(me.id, id);
+            let visible = snap
+                .nodes
+                .get(&id)
+                .is_some_and(|p| crate::build::may_see(snap, me, p));
             if visible {
                 session.visible.insert(id);
                 resp.peers_changed.push(node.clone());

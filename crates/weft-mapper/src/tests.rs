@@ -190,6 +190,33 @@ fn removed_node_is_announced_once_to_sessions_that_saw_it() {
     assert_eq!(d.for_session(&s, &mut s1), None);
 }
 
+#[test]
+fn a_node_awaiting_approval_sees_no_peers_and_is_seen_by_none_until_approved() {
+    let mut s = snapshot(2);
+    let mut pending = node(3, 2);
+    pending.machine_authorized = false;
+    s.nodes.insert(3, pending);
+    let (m3, mut s3) = full_map(&s, 3, NOW).unwrap();
+    assert!(m3.peers.is_empty());
+    assert!(!m3.node.unwrap().machine_authorized);
+    let (m1, mut s1) = full_map(&s, 1, NOW).unwrap();
+    assert_eq!(m1.peers.iter().map(|p| p.id).collect::<Vec<_>>(), vec![2]);
+
+    s.nodes.get_mut(&3).unwrap().machine_authorized = true;
+    let d = Delta::prepare(&s, &[Change::NodeUpdated(3)], NOW);
+    let m1 = d.for_session(&s, &mut s1).unwrap();
+    assert_eq!(
+        m1.peers_changed.iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![3]
+    );
+    let m3 = d.for_session(&s, &mut s3).unwrap();
+    assert!(m3.node.unwrap().machine_authorized);
+    assert_eq!(
+        m3.peers.iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+}
+
 struct Islands;
 impl PolicyView for Islands {
     fn packet_filter(&self, _node: NodeId) -> Vec<FilterRule> {
