@@ -397,6 +397,16 @@ impl Sim {
         pkt
     }
 
+    /// Starts a `weft ping` from `from` to `to`; pongs arrive as events on `from`.
+    pub fn ping(&mut self, from: HostId, to: HostId) {
+        let peer = self.hosts[to].sock.node_public();
+        let now = self.now;
+        if let Err(e) = self.hosts[from].sock.ping(peer, now) {
+            tracing::debug!(host = %self.hosts[from].name, %e, "ping failed");
+        }
+        self.drain(from);
+    }
+
     /// The current path from `from` to `to`.
     pub fn path(&self, from: HostId, to: HostId) -> Path {
         self.hosts[from]

@@ -364,3 +364,41 @@ fn a_peer_leaving_derp_is_reported_gone_and_traffic_resumes_when_it_returns() {
     let back = sim.send_ip(a, b, b"welcome back");
     assert!(sim.run_until(|s| s.hosts[b].delivered.contains(&back), secs(2)));
 }
+
+#[test]
+fn cli_ping_answers_via_derp_first_then_goes_direct_within_ten_tries() {
+    let nat = Edge::Nat(Nat::new(
+        Mapping::EndpointIndependent,
+        Filtering::PortRestricted,
+    ));
+    let mut sim = Sim::new();
+    let a = sim.add_host("a", nat, Duration::from_millis(10));
+    let b = sim.add_host("b", nat, Duration::from_millis(10));
+    sim.run_for(secs(1));
+    let mut vias = Vec::new();
+    for _ in 0..10 {
+        let seen = sim.hosts[a].events.len();
+        sim.ping(a, b);
+        sim.run_for(secs(1));
+        let pongs: Vec<Path> = sim.hosts[a].events[seen..]
+            .iter()
+            .filter_map(|(_, e)| match e {
+                weft_magicsock::Event::Pong { via, .. } => Some(*via),
+                _ => None,
+            })
+            .collect();
+        vias.extend(pongs.iter().copied());
+        if pongs.iter().any(|p| is_direct(*p)) {
+            break;
+        }
+    }
+    assert_eq!(
+        vias.first(),
+        Some(&Path::Derp(900)),
+        "first answer comes through DERP: {vias:?}"
+    );
+    assert!(
+        vias.iter().any(|p| is_direct(*p)),
+        "a direct pong within 10 tries: {vias:?}"
+    );
+}
