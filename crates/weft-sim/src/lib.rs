@@ -253,16 +253,24 @@ pub struct Sim {
     pub wire_log: Vec<Vec<u8>>,
     /// Whether to record [`Sim::wire_log`].
     pub log_wire: bool,
-    regions: Vec<(RegionId, SocketAddr)>,
+    regions: Vec<SimRegion>,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     pending: BTreeMap<u64, Delivery>,
     derp: BTreeMap<RegionId, ServerCore>,
     seq: u64,
-    server_latency: Duration,
-    derp_latency: Duration,
 }
 
 const STUN_BASE: [u8; 4] = [198, 51, 100, 0];
+/// One-way latency between the public network and region 900's servers.
+const DEFAULT_REGION_LATENCY: Duration = Duration::from_millis(15);
+
+/// A DERP region's servers on the public network.
+#[derive(Debug, Clone, Copy)]
+struct SimRegion {
+    id: RegionId,
+    stun: SocketAddr,
+    latency: Duration,
+}
 
 impl Sim {
     /// An empty world with one DERP region (900) and its STUN server.
@@ -277,14 +285,49 @@ impl Sim {
             stats: NetStats::default(),
             wire_log: Vec::new(),
             log_wire: false,
-            regions: vec![(900, SocketAddr::from((STUN_BASE, 3478)))],
+            regions: vec![SimRegion {
+                id: 900,
+                stun: SocketAddr::from((STUN_BASE, 3478)),
+                latency: DEFAULT_REGION_LATENCY,
+            }],
             queue: BinaryHeap::new(),
             pending: BTreeMap::new(),
             derp: BTreeMap::from([(900, ServerCore::new())]),
             seq: 0,
-            server_latency: Duration::from_millis(5),
-            derp_latency: Duration::from_millis(30),
         }
+    }
+
+    /// Adds DERP region `id` (with a STUN server) whose servers are `latency`
+    /// away from the public network; every host connects to it and probes it.
+    pub fn add_region(&mut self, id: RegionId, latency: Duration) {
+        let n = u8::try_from(self.regions.len() + 1).expect("fewer than 255 regions");
+        let stun = SocketAddr::from(([STUN_BASE[0], STUN_BASE[1], STUN_BASE[2], n], 3478));
+        self.regions.push(SimRegion { id, stun, latency });
+        self.derp.insert(id, ServerCore::new());
+        let regions = self.derp_regions();
+        for i in 0..self.hosts.len() {
+            self.connect_derp(i);
+            let now = self.now;
+            self.hosts[i].sock.set_derp_map(regions.clone(), now);
+            self.drain(i);
+        }
+    }
+
+    fn derp_regions(&self) -> Vec<DerpRegion> {
+        self.regions
+            .iter()
+            .map(|r| DerpRegion {
+                id: r.id,
+                stun: vec![r.stun],
+            })
+            .collect()
+    }
+
+    fn region_latency(&self, id: RegionId) -> Duration {
+        self.regions
+            .iter()
+            .find(|r| r.id == id)
+            .map_or(DEFAULT_REGION_LATENCY, |r| r.latency)
     }
 
     /// Virtual time elapsed since construction.
@@ -317,14 +360,7 @@ impl Sim {
             ),
         };
         sock.set_own_endpoints(vec![addr], self.now);
-        let regions = self
-            .regions
-            .iter()
-            .map(|(id, stun)| DerpRegion {
-                id: *id,
-                stun: vec![*stun],
-            })
-            .collect();
+        let regions = self.derp_regions();
         sock.set_derp_map(regions, self.now);
         self.hosts.push(Host {
             name: name.to_string(),
@@ -530,8 +566,8 @@ impl Sim {
 
     /// One-way latency from the public network to whoever owns `ip`.
     fn latency_to(&self, ip: IpAddr) -> Duration {
-        if self.regions.iter().any(|(_, a)| a.ip() == ip) {
-            return self.server_latency;
+        if let Some(r) = self.regions.iter().find(|r| r.stun.ip() == ip) {
+            return r.latency;
         }
         self.host_by_public_ip(ip)
             .map_or(Duration::ZERO, |i| self.hosts[i].latency)
@@ -569,7 +605,7 @@ impl Sim {
                 );
             }
             Destination::Derp { region, peer } => {
-                let at = now + self.hosts[id].latency + self.derp_latency / 2;
+                let at = now + self.hosts[id].latency + self.region_latency(region);
                 let frame = Frame::SendPacket {
                     dst: peer,
                     packet: Bytes::from(t.payload),
@@ -603,7 +639,7 @@ impl Sim {
                     let Some(h) = self.hosts.get(host) else {
                         continue;
                     };
-                    let at = now + self.derp_latency / 2 + h.latency;
+                    let at = now + self.region_latency(region) + h.latency;
                     self.push(
                         at,
                         Delivery::FromDerp {
@@ -691,9 +727,10 @@ impl Sim {
                 self.drain(host);
             }
             Delivery::Udp { from, to, payload } => {
-                if let Some((_, stun_addr)) = self.regions.iter().find(|(_, a)| *a == to) {
+                if let Some(r) = self.regions.iter().find(|r| r.stun == to).copied() {
+                    let stun_addr = &r.stun;
                     if let Some(reply) = stun::respond(&payload, from) {
-                        let at = now + self.server_latency + self.latency_to(from.ip());
+                        let at = now + r.latency + self.latency_to(from.ip());
                         self.push(
                             at,
                             Delivery::Udp {

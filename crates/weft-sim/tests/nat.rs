@@ -402,3 +402,23 @@ fn cli_ping_answers_via_derp_first_then_goes_direct_within_ten_tries() {
         "a direct pong within 10 tries: {vias:?}"
     );
 }
+
+#[test]
+fn hosts_pick_the_nearest_derp_region_as_home_and_relay_through_it() {
+    let hard = Edge::Nat(Nat::new(
+        Mapping::EndpointDependent,
+        Filtering::PortRestricted,
+    ));
+    let mut sim = Sim::new();
+    sim.add_region(901, Duration::from_millis(2));
+    let a = sim.add_host("a", hard, Duration::from_millis(10));
+    let b = sim.add_host("b", hard, Duration::from_millis(10));
+    sim.run_for(secs(1));
+    assert_eq!(sim.hosts[a].sock.home_derp(), Some(901));
+    assert_eq!(sim.peer_config(b).home_derp, Some(901));
+    let (sent, got_b, got_a) = exchange(&mut sim, a, b, 5);
+    assert_eq!((got_b, got_a), (sent, sent));
+    assert_eq!(sim.path(a, b), Path::Derp(901));
+    assert!(sim.derp_stats(901).expect("region").packets_delivered > 0);
+    assert_eq!(sim.derp_stats(900).expect("region").packets_delivered, 0);
+}
