@@ -353,7 +353,12 @@ impl Backend {
         self.start_control_with(auth_key, false, ctl_tx);
     }
 
-    fn start_control_with(&mut self, auth_key: Option<String>, regen: bool, ctl_tx: &mpsc::Sender<CtlMsg>) {
+    fn start_control_with(
+        &mut self,
+        auth_key: Option<String>,
+        regen: bool,
+        ctl_tx: &mpsc::Sender<CtlMsg>,
+    ) {
         self.stop_control();
         let (Some(url), Some(node)) = (
             self.state.prefs.control_url.clone(),

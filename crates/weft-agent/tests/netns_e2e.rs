@@ -8,12 +8,15 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use weft_e2e::{spawn_weft, wait_for, Harness, Mapping, NatRouter, Netns, Proc, Result, Segment, WeftServer};
+use weft_e2e::{
+    spawn_weft, wait_for, Harness, Mapping, NatRouter, Netns, Proc, Result, Segment, WeftServer,
+};
 
 const SERVER: [u8; 4] = [198, 18, 0, 2];
 const WAIT: Duration = Duration::from_secs(60);
 
 struct Node {
+    tag: String,
     ns: Netns,
     socket: String,
     _daemon: Proc,
@@ -39,6 +42,7 @@ struct Net {
     _public: Segment,
     _routers: Vec<NatRouter>,
     server: WeftServer,
+    _server_ns: Netns,
     a: Node,
     b: Node,
 }
@@ -47,19 +51,56 @@ fn build(h: &Harness, mapping: Mapping) -> Result<Net> {
     let public = Segment::new("pub", 24)?;
     let s_ns = Netns::new("srv")?;
     public.lan().attach(&s_ns, "eth0", SERVER.into())?;
-    let server = WeftServer::start_with_args(h, &s_ns, SERVER.into(), 8080, &["--stun-listen", "198.18.0.2:3478"])?;
+    let server = WeftServer::start_with_args(
+        h,
+        &s_ns,
+        SERVER.into(),
+        8080,
+        &["--stun-listen", "198.18.0.2:3478"],
+    )?;
     server.create_user("alice")?;
     let key = server.create_authkey("alice", true)?;
-    let ra = NatRouter::new("ra", public.lan(), [198, 18, 0, 21].into(), [192, 168, 10, 1].into(), 24, mapping)?;
-    let rb = NatRouter::new("rb", public.lan(), [198, 18, 0, 22].into(), [192, 168, 20, 1].into(), 24, mapping)?;
+    let ra = NatRouter::new(
+        "ra",
+        public.lan(),
+        [198, 18, 0, 21].into(),
+        [192, 168, 10, 1].into(),
+        24,
+        mapping,
+    )?;
+    let rb = NatRouter::new(
+        "rb",
+        public.lan(),
+        [198, 18, 0, 22].into(),
+        [192, 168, 20, 1].into(),
+        24,
+        mapping,
+    )?;
     let a = start_node(h, &ra, "a", [192, 168, 10, 2].into())?;
     let b = start_node(h, &rb, "b", [192, 168, 20, 2].into())?;
     for n in [&a, &b] {
         let name = n.ns.name().to_owned();
-        let out = n.weft(&["up", "--login-server", server.url(), "--auth-key", &key, "--timeout", "60"])?;
+        let out = n.weft(&[
+            "up",
+            "--login-server",
+            server.url(),
+            "--auth-key",
+            &key,
+            "--hostname",
+            n.tag.as_str(),
+            "--timeout",
+            "60",
+        ])?;
         eprintln!("weft up in {name}: {out}");
     }
-    Ok(Net { _public: public, _routers: vec![ra, rb], server, a, b })
+    Ok(Net {
+        _public: public,
+        _routers: vec![ra, rb],
+        server,
+        _server_ns: s_ns,
+        a,
+        b,
+    })
 }
 
 fn start_node(h: &Harness, router: &NatRouter, tag: &str, addr: Ipv4Addr) -> Result<Node> {
@@ -81,14 +122,21 @@ fn start_node(h: &Harness, router: &NatRouter, tag: &str, addr: Ipv4Addr) -> Res
     .map(|s| (*s).to_owned())
     .collect();
     let daemon = spawn_weft(h, &ns, &format!("weftd-{tag}"), &args)?;
-    let node = Node { ns, socket, _daemon: daemon };
-    wait_for("the daemon's LocalAPI", WAIT, || node.weft(&["status", "--json"]).map_err(|e| e.to_string()))?;
+    let node = Node {
+        tag: tag.to_owned(),
+        ns,
+        socket,
+        _daemon: daemon,
+    };
+    wait_for("the daemon's LocalAPI", WAIT, || {
+        node.weft(&["status", "--json"]).map_err(|e| e.to_string())
+    })?;
     Ok(node)
 }
 
 #[test]
 #[ignore = "needs root + netns"]
-fn two_nodes_behind_endpoint_independent_nats_ping_directly_and_carry_icmp() -> Result<()> {
+fn two_nodes_behind_endpoint_independent_nats_ping_directly_and_carry_tcp() -> Result<()> {
     let h = Harness::new("issue4_direct")?;
     h.finish(direct(&h))
 }
@@ -96,19 +144,26 @@ fn two_nodes_behind_endpoint_independent_nats_ping_directly_and_carry_icmp() -> 
 fn direct(h: &Harness) -> Result<()> {
     let net = build(h, Mapping::EndpointIndependent)?;
     let b_ip = net.b.ipv4()?;
-    assert!(weft_e2e::is_cgnat(b_ip), "b's address {b_ip} is in 100.64.0.0/10");
+    assert!(
+        weft_e2e::is_cgnat(b_ip),
+        "b's address {b_ip} is in 100.64.0.0/10"
+    );
 
     // `weft ping` ends with a direct pong through b's NAT (its WAN address).
     let out = wait_for("a direct pong from b", WAIT, || {
-        net.a.weft(&["ping", "--timeout", "2", &b_ip.to_string()]).map_err(|e| e.to_string())
+        net.a
+            .weft(&["ping", "--timeout", "2", &b_ip.to_string()])
+            .map_err(|e| e.to_string())
     })?;
     let last = out.lines().last().unwrap_or_default().to_owned();
-    assert!(last.starts_with(&format!("pong from b ({b_ip}) via 198.18.0.22:")), "{out}");
+    assert!(
+        last.starts_with(&format!("pong from b ({b_ip}) via 198.18.0.22:")),
+        "{out}"
+    );
 
-    // Kernel traffic through the TUN devices.
-    wait_for("ICMP from a to b through the tunnel", WAIT, || {
-        net.a.ns.run(&["ping", "-c", "1", "-W", "2", &b_ip.to_string()]).map_err(|e| e.to_string())
-    })?;
+    // Kernel traffic (TCP) through the TUN devices.
+    let out = tcp_through_tunnel(h, &net, b_ip)?;
+    eprintln!("iperf3 a -> b over the tailnet:\n{out}");
     let status = net.a.weft(&["status"])?;
     assert!(status.contains("active; direct 198.18.0.22:"), "{status}");
     let nodes = net.server.nodes()?;
@@ -133,19 +188,60 @@ fn relayed(h: &Harness) -> Result<()> {
             .a
             .ns
             .command(&bin)
-            .args(["--socket", &net.a.socket, "ping", "-c", "3", "--timeout", "2", &b_ip.to_string()])
+            .args([
+                "--socket",
+                &net.a.socket,
+                "ping",
+                "-c",
+                "3",
+                "--timeout",
+                "2",
+                &b_ip.to_string(),
+            ])
             .output()
             .map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&o.stdout).into_owned();
         if text.contains("via DERP(weft)") {
             Ok(text)
         } else {
-            Err(format!("stdout {text:?} stderr {:?}", String::from_utf8_lossy(&o.stderr)))
+            Err(format!(
+                "stdout {text:?} stderr {:?}",
+                String::from_utf8_lossy(&o.stderr)
+            ))
         }
     })?;
-    assert!(out.contains(&format!("pong from b ({b_ip}) via DERP(weft)")), "{out}");
-    wait_for("ICMP from a to b via DERP", WAIT, || {
-        net.a.ns.run(&["ping", "-c", "1", "-W", "2", &b_ip.to_string()]).map_err(|e| e.to_string())
-    })?;
+    assert!(
+        out.contains(&format!("pong from b ({b_ip}) via DERP(weft)")),
+        "{out}"
+    );
+    tcp_through_tunnel(h, &net, b_ip)?;
     Ok(())
+}
+
+/// Runs an iperf3 server on b's tailnet address and a 1-second client from a.
+fn tcp_through_tunnel(h: &Harness, net: &Net, b_ip: Ipv4Addr) -> Result<String> {
+    let iperf = weft_e2e::find_in_path("iperf3")
+        .ok_or_else(|| weft_e2e::Error::Environment("iperf3 (Debian package iperf3)".to_owned()))?;
+    let args: Vec<String> = ["-s", "-B", &b_ip.to_string(), "-p", "5201"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let _server = h.spawn(&net.b.ns, "iperf3-b", &iperf, &args, &[])?;
+    let iperf = iperf.display().to_string();
+    wait_for("TCP from a to b through the tunnel", WAIT, || {
+        net.a
+            .ns
+            .run(&[
+                &iperf,
+                "-c",
+                &b_ip.to_string(),
+                "-p",
+                "5201",
+                "-t",
+                "1",
+                "--connect-timeout",
+                "2000",
+            ])
+            .map_err(|e| e.to_string())
+    })
 }
