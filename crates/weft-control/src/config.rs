@@ -45,7 +45,7 @@ pub struct FileConfig {
     pub search_domains: Option<Vec<String>>,
     /// Delete ephemeral nodes after this long offline (default 1800).
     pub ephemeral_inactivity_secs: Option<u64>,
-    /// Default node-key lifetime for user-owned nodes, in seconds (default: never expire).
+    /// Default node-key lifetime for user-owned nodes, in seconds (default 180 days; 0 = never).
     pub node_key_expiry_secs: Option<u64>,
     /// New nodes need admin approval unless their key is pre-approved.
     pub require_approval: Option<bool>,
@@ -86,6 +86,9 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Default node-key lifetime of user-owned nodes (180 days, as Tailscale).
+pub const DEFAULT_NODE_KEY_EXPIRY: Duration = Duration::from_secs(180 * 24 * 3600);
+
 /// The resolved settings the control server runs with.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
@@ -103,7 +106,7 @@ pub struct ControlConfig {
     pub search_domains: Vec<String>,
     /// Ephemeral nodes are deleted after this long offline.
     pub ephemeral_inactivity: Duration,
-    /// Default node-key lifetime for user-owned nodes.
+    /// Default node-key lifetime for user-owned nodes (`None` = never expire).
     pub node_key_expiry: Option<Duration>,
     /// New nodes need approval unless pre-approved.
     pub require_approval: bool,
@@ -130,7 +133,7 @@ impl ControlConfig {
             nameservers: Vec::new(),
             search_domains: Vec::new(),
             ephemeral_inactivity: Duration::from_secs(1800),
-            node_key_expiry: None,
+            node_key_expiry: Some(DEFAULT_NODE_KEY_EXPIRY),
             require_approval: false,
             auth_session_ttl: Duration::from_secs(900),
             keepalive: Duration::from_secs(50),

@@ -1,0 +1,396 @@
+//! Device lifecycle over real ts2021 on 127.0.0.1: key expiry (admin expire reaching peers,
+//! the default lifetime, tagged nodes exempt), sticky OldNodeKey after a completed
+//! rotation, seamless re-login that keeps the old key working until the new one is
+//! authorised, device approval for pre-auth keys.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use time::OffsetDateTime;
+use tokio::time::timeout;
+use tower::ServiceExt;
+use weft_control::{decode_frame, Control, ControlConfig};
+use weft_key::{DiscoPrivate, MachinePrivate, NodePrivate, NodePublic};
+use weft_store::{NewPreauthKey, NewUser, Store};
+use weft_tailcfg::{
+    Hostinfo, MapRequest, MapResponse, RegisterAuth, RegisterRequest, RegisterResponse, Time,
+};
+use weft_ts2021::Ts2021Client;
+
+const CAPVER: u16 = 130;
+const WAIT: Duration = Duration::from_secs(15);
+
+struct Server {
+    control: Control,
+    url: String,
+    store: Arc<dyn Store>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(tweak: impl FnOnce(&mut ControlConfig)) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let store = weft_store::open(&weft_store::sqlite_url_for_dir(dir.path()))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut cfg = ControlConfig::new(&url);
+    tweak(&mut cfg);
+    let control = Control::new(cfg, store.clone()).await.unwrap();
+    let app = control.public_router(None);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Server {
+        control,
+        url,
+        store,
+        _dir: dir,
+    }
+}
+
+impl Server {
+    async fn key(&self, tweak: impl FnOnce(&mut NewPreauthKey)) -> String {
+        let user = match self.store.get_user_by_name("alice").await {
+            Ok(u) => u,
+            Err(_) => self
+                .store
+                .create_user(NewUser {
+                    name: "alice".into(),
+                    ..NewUser::default()
+                })
+                .await
+                .unwrap(),
+        };
+        let mut k = NewPreauthKey {
+            user_id: user.id,
+            reusable: true,
+            ..NewPreauthKey::default()
+        };
+        tweak(&mut k);
+        self.store.create_preauth_key(k).await.unwrap().1
+    }
+
+    async fn admin_post(&self, path: &str) -> u16 {
+        let resp = self
+            .control
+            .admin_router()
+            .oneshot(
+                axum::http::Request::post(path)
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        resp.status().as_u16()
+    }
+
+    async fn node(&self, key: &NodePublic) -> weft_store::Node {
+        self.store.get_node_by_node_key(key).await.unwrap()
+    }
+}
+
+struct Machine {
+    client: Ts2021Client,
+    node: NodePrivate,
+    disco: DiscoPrivate,
+    hostname: String,
+}
+
+impl Machine {
+    async fn connect(s: &Server, hostname: &str) -> Machine {
+        let server = weft_ts2021::fetch_server_key(&s.url, CAPVER).await.unwrap();
+        let client = weft_ts2021::dial(&s.url, &MachinePrivate::generate(), server, CAPVER)
+            .await
+            .unwrap();
+        Machine {
+            client,
+            node: NodePrivate::generate(),
+            disco: DiscoPrivate::generate(),
+            hostname: hostname.into(),
+        }
+    }
+
+    async fn joined(s: &Server, hostname: &str, key: &str) -> Machine {
+        let m = Machine::connect(s, hostname).await;
+        let r = m.register(&m.request(Some(key))).await;
+        assert_eq!(r.error, "");
+        m
+    }
+
+    fn request(&self, auth_key: Option<&str>) -> RegisterRequest {
+        RegisterRequest {
+            version: CAPVER as i64,
+            node_key: self.node.public(),
+            auth: auth_key.map(|k| RegisterAuth {
+                auth_key: k.into(),
+                ..RegisterAuth::default()
+            }),
+            hostinfo: Some(Hostinfo::new().with_hostname(&self.hostname)),
+            ..RegisterRequest::default()
+        }
+    }
+
+    async fn register(&self, req: &RegisterRequest) -> RegisterResponse {
+        register(&self.client, req).await
+    }
+
+    fn map_request(&self, node_key: NodePublic, stream: bool) -> MapRequest {
+        MapRequest {
+            version: CAPVER as i64,
+            compress: "zstd".into(),
+            keep_alive: true,
+            node_key,
+            disco_key: self.disco.public(),
+            stream,
+            hostinfo: Some(Hostinfo::new().with_hostname(&self.hostname)),
+            ..MapRequest::default()
+        }
+    }
+
+    async fn open_stream(&self) -> MapStream {
+        let resp = timeout(
+            WAIT,
+            self.client
+                .post_json("/machine/map", &self.map_request(self.node.public(), true)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        MapStream {
+            body: resp.into_body(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Status of a one-shot (non-streaming) map request made with `node_key`.
+    async fn map_status(&self, node_key: NodePublic) -> u16 {
+        let resp = timeout(
+            WAIT,
+            self.client
+                .post_json("/machine/map", &self.map_request(node_key, false)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        resp.status().as_u16()
+    }
+}
+
+async fn register(client: &Ts2021Client, req: &RegisterRequest) -> RegisterResponse {
+    let resp = timeout(WAIT, client.post_json("/machine/register", req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = weft_ts2021::read_body(resp, 1 << 20).await.unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+struct MapStream {
+    body: Incoming,
+    buf: Vec<u8>,
+}
+
+impl MapStream {
+    async fn next(&mut self, within: Duration) -> MapResponse {
+        timeout(within, async {
+            loop {
+                if let Some((m, used)) = decode_frame(&self.buf, true).unwrap() {
+                    self.buf.drain(..used);
+                    return m;
+                }
+                let frame = self
+                    .body
+                    .frame()
+                    .await
+                    .expect("stream ended")
+                    .expect("stream error");
+                if let Ok(data) = frame.into_data() {
+                    self.buf.extend_from_slice(&data);
+                }
+            }
+        })
+        .await
+        .expect("no map frame in time")
+    }
+
+    /// The first non-keep-alive message satisfying `pred`, all within `within`.
+    async fn next_matching(
+        &mut self,
+        within: Duration,
+        pred: impl Fn(&MapResponse) -> bool,
+    ) -> MapResponse {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let m = self.next(left).await;
+            if !m.keep_alive && pred(&m) {
+                return m;
+            }
+        }
+    }
+}
+
+fn now() -> Time {
+    Time::from_system(std::time::SystemTime::now())
+}
+
+#[tokio::test]
+async fn admin_expire_reaches_a_peers_open_stream_within_a_second() {
+    let s = start(|_| {}).await;
+    let key = s.key(|_| {}).await;
+    let a = Machine::joined(&s, "alpha", &key).await;
+    let b = Machine::joined(&s, "beta", &key).await;
+    let mut sa = a.open_stream().await;
+    let first = sa.next(WAIT).await;
+    assert!(first.peers.iter().any(|p| p.key == b.node.public()));
+    let bid = s.node(&b.node.public()).await.id;
+
+    assert_eq!(
+        s.admin_post(&format!("/api/v1/nodes/{bid}/expire")).await,
+        200
+    );
+    let t = now();
+    // Tailscale clients drop a peer whose KeyExpiry has passed (or that is removed).
+    let m = sa
+        .next_matching(Duration::from_secs(1), |m| {
+            m.peers_removed.contains(&bid.0)
+                || m.peers_changed_patch.iter().any(|p| {
+                    p.node_id == bid.0 && p.key_expiry.is_some_and(|e| !e.is_zero() && e <= t)
+                })
+                || m.peers_changed.iter().any(|p| {
+                    p.id == bid.0 && (p.expired || (!p.key_expiry.is_zero() && p.key_expiry <= t))
+                })
+        })
+        .await;
+    assert!(!m.keep_alive);
+    // The expired node itself is told to log in again.
+    let r = b.register(&b.request(None)).await;
+    assert!(r.node_key_expired);
+}
+
+#[tokio::test]
+async fn user_nodes_get_the_default_key_lifetime_and_tagged_nodes_never_expire() {
+    let s = start(|_| {}).await;
+    let key = s.key(|_| {}).await;
+    let a = Machine::joined(&s, "alpha", &key).await;
+    let n = s.node(&a.node.public()).await;
+    let expiry = n.expiry.expect("user nodes get a key expiry by default");
+    let days = (expiry - OffsetDateTime::now_utc()).whole_days();
+    assert!((179..=180).contains(&days), "expiry in {days} days");
+
+    let tagged_key = s.key(|k| k.tags = vec!["tag:server".into()]).await;
+    let t = Machine::joined(&s, "server", &tagged_key).await;
+    assert_eq!(s.node(&t.node.public()).await.expiry, None);
+
+    // Disabling expiry per node.
+    let off = start(|c| c.node_key_expiry = None).await;
+    let key = off.key(|_| {}).await;
+    let a = Machine::joined(&off, "alpha", &key).await;
+    assert_eq!(off.node(&a.node.public()).await.expiry, None);
+}
+
+#[tokio::test]
+async fn old_node_key_still_sent_after_a_completed_rotation_is_a_plain_refresh() {
+    let s = start(|_| {}).await;
+    let key = s.key(|_| {}).await;
+    let mut a = Machine::joined(&s, "alpha", &key).await;
+    let before = s.node(&a.node.public()).await;
+    let old = a.node.public();
+    a.node = NodePrivate::generate();
+    let mut rot = a.request(Some(&key));
+    rot.old_node_key = old;
+    assert_eq!(a.register(&rot).await.error, "");
+
+    // Later registrations keep sending OldNodeKey (it is sticky in the client) and no key.
+    let mut again = a.request(None);
+    again.old_node_key = old;
+    let r = a.register(&again).await;
+    assert_eq!(r.error, "");
+    assert_eq!(r.auth_url, "");
+    assert!(r.machine_authorized);
+    assert!(!r.node_key_expired);
+    let after = s.node(&a.node.public()).await;
+    assert_eq!(after.id, before.id);
+    assert_eq!(after.ipv4, before.ipv4);
+    assert_eq!(s.store.list_nodes().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn interactive_relogin_keeps_the_old_key_working_until_the_new_one_is_authorised() {
+    let s = start(|_| {}).await;
+    let key = s.key(|_| {}).await;
+    let mut a = Machine::joined(&s, "alpha", &key).await;
+    let before = s.node(&a.node.public()).await;
+    let old = a.node.public();
+
+    // `tailscale login` on a running node: new key, OldNodeKey = current, no auth key.
+    a.node = NodePrivate::generate();
+    let mut req = a.request(None);
+    req.old_node_key = old;
+    let r = a.register(&req).await;
+    assert!(!r.auth_url.is_empty());
+    let auth_id = r.auth_url.rsplit('/').next().unwrap().to_string();
+
+    // While the login is pending, the old key still works.
+    assert_eq!(a.map_status(old).await, 200);
+    assert_eq!(s.node(&old).await.id, before.id);
+
+    let mut follow = req.clone();
+    follow.followup = r.auth_url.clone();
+    let client = a.client.clone();
+    let pending = tokio::spawn(async move { register(&client, &follow).await });
+    let alice = s.store.get_user_by_name("alice").await.unwrap();
+    s.control
+        .complete_auth_session(&auth_id, alice.id)
+        .await
+        .unwrap();
+    let r = timeout(WAIT, pending).await.unwrap().unwrap();
+    assert_eq!(r.error, "");
+    assert!(r.machine_authorized);
+
+    let after = s.node(&a.node.public()).await;
+    assert_eq!(after.id, before.id);
+    assert_eq!(after.ipv4, before.ipv4);
+    assert_eq!(after.ipv6, before.ipv6);
+    assert_eq!(a.map_status(a.node.public()).await, 200);
+    assert_eq!(a.map_status(old).await, 404);
+}
+
+#[tokio::test]
+async fn with_approval_required_only_pre_approved_keys_skip_it() {
+    let s = start(|c| c.require_approval = true).await;
+    let plain = s.key(|_| {}).await;
+    let pre = s.key(|k| k.pre_approved = true).await;
+    let a = Machine::joined(&s, "alpha", &pre).await;
+    let b = Machine::joined(&s, "beta", &plain).await;
+    assert!(s.node(&a.node.public()).await.approved);
+    let bn = s.node(&b.node.public()).await;
+    assert!(!bn.approved);
+
+    let mut sa = a.open_stream().await;
+    let m = sa.next(WAIT).await;
+    assert!(m.peers.iter().all(|p| p.key != b.node.public()));
+    let mut sb = b.open_stream().await;
+    let m = sb.next(WAIT).await;
+    assert!(m.peers.is_empty());
+    assert!(!m.node.unwrap().machine_authorized);
+
+    assert_eq!(
+        s.admin_post(&format!("/api/v1/nodes/{}/approve", bn.id))
+            .await,
+        200
+    );
+    let m = sa
+        .next_matching(WAIT, |m| m.peers_changed.iter().any(|p| p.id == bn.id.0))
+        .await;
+    assert!(m.peers_changed.iter().any(|p| p.key == b.node.public()));
+    let m = sb
+        .next_matching(WAIT, |m| {
+            m.node.as_ref().is_some_and(|n| n.machine_authorized)
+        })
+        .await;
+    assert!(m.peers.iter().any(|p| p.key == a.node.public()));
+}
