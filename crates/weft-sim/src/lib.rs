@@ -19,6 +19,8 @@
 //! `weft_magicsock::wg`); simulations here run far faster than real time, so
 //! they see no WireGuard rekeys, which none of the scenarios depend on.
 
+#![warn(missing_docs)]
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
