@@ -234,6 +234,12 @@ pub struct Compiled {
     routes: BTreeMap<IpNet, usize>,
     /// User login -> slots of that user's untagged nodes.
     by_user: BTreeMap<String, BTreeSet<usize>>,
+    /// Tag -> slots holding it.
+    by_tag: BTreeMap<String, Bits>,
+    /// Policy group -> slots of its members' untagged nodes.
+    by_group: BTreeMap<String, Bits>,
+    untagged: Bits,
+    tagged: Bits,
     internet_strings: Vec<String>,
 }
 
@@ -257,6 +263,10 @@ impl Compiled {
             visible: Vec::new(),
             routes: BTreeMap::new(),
             by_user: BTreeMap::new(),
+            by_tag: BTreeMap::new(),
+            by_group: BTreeMap::new(),
+            untagged: Bits::default(),
+            tagged: Bits::default(),
             internet_strings: the_internet()
                 .ranges()
                 .map(|(a, b)| format!("{a}-{b}"))
@@ -535,24 +545,76 @@ impl Compiled {
     }
 
     fn index_user(&mut self, slot: usize) {
-        if let Some(f) = &self.slots[slot] {
-            if let (false, Some(u)) = (f.tagged(), &f.node.user) {
-                self.by_user.entry(u.clone()).or_default().insert(slot);
-            }
-        }
+        self.set_indexes(slot, true);
     }
 
     fn unindex_user(&mut self, slot: usize) {
-        if let Some(f) = &self.slots[slot] {
+        self.set_indexes(slot, false);
+    }
+
+    fn set_indexes(&mut self, slot: usize, on: bool) {
+        let Some(f) = &self.slots[slot] else { return };
+        if f.tagged() {
+            self.tagged.set(slot, on);
+            for t in &f.node.tags {
+                self.by_tag.entry(t.clone()).or_default().set(slot, on);
+            }
+        } else {
+            self.untagged.set(slot, on);
             if let Some(u) = &f.node.user {
-                if let Some(set) = self.by_user.get_mut(u) {
+                let set = self.by_user.entry(u.clone()).or_default();
+                if on {
+                    set.insert(slot);
+                } else {
                     set.remove(&slot);
                     if set.is_empty() {
                         self.by_user.remove(u);
                     }
                 }
             }
+            for g in &f.groups {
+                self.by_group.entry(g.clone()).or_default().set(slot, on);
+            }
         }
+    }
+
+    /// Slots selected by a node-based alias, from the indexes.
+    fn alias_bits(&self, a: &Alias) -> Bits {
+        match a {
+            Alias::Tag(t) => self.by_tag.get(t).cloned().unwrap_or_default(),
+            Alias::Group(g) => self.by_group.get(g).cloned().unwrap_or_default(),
+            Alias::AutoGroup(AutoGroup::Member) => self.untagged.clone(),
+            Alias::AutoGroup(AutoGroup::Tagged) => self.tagged.clone(),
+            Alias::User(u) => {
+                let mut b = Bits::default();
+                let keys = [Some(u.as_str()), u.strip_suffix('@')];
+                for slots in keys
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|k| self.by_user.get(k))
+                {
+                    for &s in slots {
+                        b.set(s, true);
+                    }
+                }
+                b
+            }
+            _ => Bits::default(),
+        }
+    }
+
+    /// Slots selected by any alias, scanning nodes only for address-based aliases.
+    fn selector_bits(&self, a: &Alias, covers: impl Fn(&Facts) -> bool) -> Bits {
+        if is_node_based(a) {
+            return self.alias_bits(a);
+        }
+        let mut b = Bits::default();
+        for (s, f) in self.live() {
+            if covers(f) {
+                b.set(s, true);
+            }
+        }
+        b
     }
 
     fn live(&self) -> impl Iterator<Item = (usize, &Facts)> {
@@ -574,14 +636,20 @@ impl Compiled {
             danger_all: rule.src.contains(&Alias::AutoGroup(AutoGroup::DangerAll)),
             ..RuleState::default()
         };
-        for (s, f) in self.live() {
-            st.src_nodes.set(s, src_covers(&self.policy, rule, f));
-            for (ti, t) in rule.dst.iter().enumerate() {
-                if target_covers(&self.policy, &t.alias, f) {
-                    st.dst_nodes[ti].set(s, true);
-                    st.dst_any.set(s, true);
-                }
-            }
+        for a in &rule.src {
+            let one = Rule {
+                src: vec![a.clone()],
+                dst: Vec::new(),
+                ip: Vec::new(),
+                pos: rule.pos,
+            };
+            let b = self.selector_bits(a, |f| src_covers(&self.policy, &one, f));
+            st.src_nodes.or_with(&b);
+        }
+        for (ti, t) in rule.dst.iter().enumerate() {
+            let b = self.selector_bits(&t.alias, |f| target_covers(&self.policy, &t.alias, f));
+            st.dst_any.or_with(&b);
+            st.dst_nodes[ti] = b;
         }
         self.rules[ri] = st;
     }
@@ -601,11 +669,13 @@ impl Compiled {
             }
         }
         if node_based {
+            let mut members = Bits::default();
+            for a in rule.src.iter().filter(|a| is_node_based(a)) {
+                members.or_with(&self.alias_bits(a));
+            }
             let mut addrs = Vec::new();
-            for (_, f) in self.live() {
-                if !f.node.addresses.is_empty()
-                    && rule.src.iter().any(|a| node_in_alias(&self.policy, a, f))
-                {
+            for s in members.iter() {
+                if let Some(f) = self.slots.get(s).and_then(Option::as_ref) {
                     addrs.extend(f.node.addresses.iter().copied());
                 }
             }
@@ -639,6 +709,8 @@ impl Compiled {
             return vec![FilterRule::allow_all()];
         }
         let mut out: Vec<FilterRule> = Vec::new();
+        // Self-rule sources depend only on the rule's source set; many rules share one.
+        let mut self_cache: Vec<(&[Alias], Vec<String>)> = Vec::new();
         for (ri, rule) in self.policy.rules.iter().enumerate() {
             let st = &self.rules[ri];
             let in_dst = st.dst_any.get(slot);
@@ -663,7 +735,17 @@ impl Compiled {
                     push_merged(&mut out, &st.src_strings, dsts, &ip_proto);
                 }
                 if self_applies {
-                    let srcs = self.self_sources(st, f);
+                    let srcs = match self_cache
+                        .iter()
+                        .find(|(src, _)| *src == rule.src.as_slice())
+                    {
+                        Some((_, v)) => v.clone(),
+                        None => {
+                            let v = self.self_sources(st, f);
+                            self_cache.push((&rule.src, v.clone()));
+                            v
+                        }
+                    };
                     if !srcs.is_empty() {
                         let mut dsts = Vec::new();
                         for ip in &f.addr_strings {
