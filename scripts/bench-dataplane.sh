@@ -16,6 +16,8 @@
 #   BORINGTUN_BIN   boringtun-cli binary (default: target/bench-tools/bin/boringtun-cli, installed
 #                   with `cargo install --root target/bench-tools boringtun-cli` when missing)
 #   BENCH_ONLY      space-separated subset of: veth wireguard-go boringtun weft
+#   BENCH_PERF      set to 1 to sample the tunnel processes with `perf record -e cpu-clock` during
+#                   their iperf3 run (target/bench-dataplane/NAME.perf.{data,txt})
 #
 # Network safety: everything happens inside two namespaces this script creates, joined by one
 # veth pair; nothing is linked to the host namespace. Addresses: 198.18.0.0/24 on the veth,
@@ -143,7 +145,42 @@ CLK_TCK=$(getconf CLK_TCK)
 
 # ---------------------------------------------------------------------------------------------
 # Results
-declare -A GBPS RETR CPU MTU NOTE
+declare -A GBPS=() RETR=() CPU=() MTU=() NOTE=() UDPERR=() TUNDROP=()
+declare -A PROF_PKTS=() PROF_SYS=() PROF_CTX=() PROF_KERNEL=() PROF_CRYPTO=() PROF_ALLOC=() PROF_SCHED=()
+# The tunnel interface in namespace A whose packets (rx+tx) count as "tunneled packets".
+TUN_IF_A=""
+TUN_IF_B=""
+# UDP RcvbufErrors + SndbufErrors of namespace $1 (/proc/net/snmp is per namespace).
+udp_buf_errors() {
+    ip netns exec "$1" cat /proc/net/snmp | awk '
+        $1 == "Udp:" && !h { for (i = 2; i <= NF; i++) col[$i] = i; h = 1; next }
+        $1 == "Udp:" { print $col["RcvbufErrors"] + $col["SndbufErrors"]; exit }'
+}
+# "RcvbufErrors SndbufErrors" of namespace $1, for the per-run detail file.
+udp_buf_errors_split() {
+    ip netns exec "$1" cat /proc/net/snmp | awk '
+        $1 == "Udp:" && !h { for (i = 2; i <= NF; i++) col[$i] = i; h = 1; next }
+        $1 == "Udp:" { print $col["RcvbufErrors"], $col["SndbufErrors"]; exit }'
+}
+# Packets dropped by the tunnel interfaces (tx.dropped: the TUN queue towards the reading
+# process was full; rx.dropped: a write was refused), both namespaces.
+tun_drops() {
+    local total=0 n
+    if [ -n "$TUN_IF_A" ]; then
+        n=$(ip -n "$NS_A" -s -j link show dev "$TUN_IF_A" 2>/dev/null | jq '.[0].stats64.tx.dropped + .[0].stats64.rx.dropped') || n=0
+        total=$((total + n))
+    fi
+    if [ -n "$TUN_IF_B" ]; then
+        n=$(ip -n "$NS_B" -s -j link show dev "$TUN_IF_B" 2>/dev/null | jq '.[0].stats64.tx.dropped + .[0].stats64.rx.dropped') || n=0
+        total=$((total + n))
+    fi
+    echo "$total"
+}
+tun_packets() {
+    if [ -z "$TUN_IF_A" ]; then echo 0; return; fi
+    ip -n "$NS_A" -s -j link show dev "$TUN_IF_A" 2>/dev/null |
+        jq '.[0].stats64.rx.packets + .[0].stats64.tx.packets' 2>/dev/null || echo 0
+}
 ORDER=()
 
 # iperf3 between the namespaces: server in B, client in A towards $2. Tunnel PIDs in $3...
@@ -160,6 +197,23 @@ run_iperf() {
         return 1
     fi
     local t0 c0 t1 c1
+    local perf_pid="" perf_stat_pid=""
+    if [ -n "${BENCH_PERF:-}" ] && [ "${#tunnel_pids[@]}" -gt 0 ] && command -v perf >/dev/null; then
+        # Sampling profile of the tunnel processes (software clock: works without PMU access).
+        perf record -q -e cpu-clock -F 499 -g -p "$(IFS=,; echo "${tunnel_pids[*]}")" \
+            -o "$OUT/$name.perf.data" -- sleep "$SECONDS_PER_RUN" >"$OUT/$name.perf.log" 2>&1 &
+        perf_pid=$!
+        PIDS+=("$perf_pid")
+        perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$(IFS=,; echo "${tunnel_pids[*]}")" \
+            -o "$OUT/$name.perf-stat.csv" -- sleep "$SECONDS_PER_RUN" >/dev/null 2>&1 &
+        perf_stat_pid=$!
+        PIDS+=("$perf_stat_pid")
+    fi
+    local pk0 ue0 td0
+    pk0=$(tun_packets)
+    ue0=$(( $(udp_buf_errors "$NS_A") + $(udp_buf_errors "$NS_B") ))
+    echo "before: A rcvbuf/sndbuf errors $(udp_buf_errors_split "$NS_A"), B $(udp_buf_errors_split "$NS_B")" >"$OUT/$name.udp-errors.txt"
+    td0=$(tun_drops)
     t0=$(date +%s.%N)
     c0=$(cpu_ticks "${tunnel_pids[@]}")
     if ! in_a iperf3 -c "$dst" -t "$SECONDS_PER_RUN" -J --connect-timeout 5000 >"$OUT/$name.iperf.json" 2>"$OUT/$name.iperf.err"; then
@@ -170,6 +224,33 @@ run_iperf() {
     c1=$(cpu_ticks "${tunnel_pids[@]}")
     t1=$(date +%s.%N)
     stop_pid "$srv"
+    local pk1
+    pk1=$(tun_packets)
+    UDPERR[$name]=$(( $(udp_buf_errors "$NS_A") + $(udp_buf_errors "$NS_B") - ue0 ))
+    echo "after:  A rcvbuf/sndbuf errors $(udp_buf_errors_split "$NS_A"), B $(udp_buf_errors_split "$NS_B")" >>"$OUT/$name.udp-errors.txt"
+    TUNDROP[$name]=$(( $(tun_drops) - td0 ))
+    if [ -n "$perf_pid" ]; then
+        wait "$perf_pid" 2>/dev/null || true
+        wait "$perf_stat_pid" 2>/dev/null || true
+        stop_pid "$perf_pid"
+        stop_pid "$perf_stat_pid"
+        perf report -i "$OUT/$name.perf.data" --stdio --no-children --sort dso,sym -g none 2>/dev/null |
+            grep -v '^$' | head -200 >"$OUT/$name.perf.txt" || true
+        local pkts=$((pk1 - pk0)) sys ctx
+        sys=$(awk -F, '$3 ~ /raw_syscalls:sys_enter/ { print $1 }' "$OUT/$name.perf-stat.csv")
+        ctx=$(awk -F, '$3 ~ /context-switches/ { print $1 }' "$OUT/$name.perf-stat.csv")
+        PROF_PKTS[$name]=$pkts
+        if [ "$pkts" -gt 0 ] && [ -n "$sys" ] && [ -n "$ctx" ]; then
+            PROF_SYS[$name]=$(awk -v a="$sys" -v p="$pkts" 'BEGIN { printf "%.2f", a / p }')
+            PROF_CTX[$name]=$(awk -v a="$ctx" -v p="$pkts" 'BEGIN { printf "%.2f", a / p }')
+        fi
+        PROF_KERNEL[$name]=$(awk '$2 == "[kernel.kallsyms]" { s += $1 } END { printf "%.0f%%", s }' "$OUT/$name.perf.txt")
+        PROF_CRYPTO[$name]=$(awk 'tolower($0) ~ /chacha|poly1305|aead|blake2|curve25519|x25519/ { s += $1 }
+            $3 == "[.]" && $2 !~ /^(libc|libm|\[vdso\])/ && $NF !~ /^0x/ { named = 1 }
+            END { if (named) printf "%.0f%%", s; else print "? (no symbols)" }' "$OUT/$name.perf.txt")
+        PROF_ALLOC[$name]=$(awk '$2 ~ /libc/ && $NF ~ /malloc|free|realloc|cfree/ { s += $1 } END { printf "%.1f%%", s }' "$OUT/$name.perf.txt")
+        PROF_SCHED[$name]=$(awk '$NF ~ /^finish_task_switch/ { s += $1 } END { printf "%.0f%%", s }' "$OUT/$name.perf.txt")
+    fi
     local bps
     bps=$(jq -r '.end.sum_received.bits_per_second' "$OUT/$name.iperf.json")
     GBPS[$name]=$(awk -v b="$bps" 'BEGIN { printf "%.3f", b / 1e9 }')
@@ -253,7 +334,9 @@ bench_userspace_wg() {
     elif ! wg_configure "$ifa" "$ifb" 1420; then
         NOTE[$name]="not available: no handshake within 10 s"
     else
+        TUN_IF_A=$ifa TUN_IF_B=$ifb
         run_iperf "$name" "$TUN_ADDR_B" "$pa" "$pb" || true
+        TUN_IF_A="" TUN_IF_B=""
     fi
     stop_pid "$pa"
     stop_pid "$pb"
@@ -286,6 +369,7 @@ fi
 # 4. weft --------------------------------------------------------------------------------------
 UP_TO_DIRECT="-"
 UP_TO_FIRST_PONG="-"
+UP_TO_PATH_DIRECT="-"
 WEFT_NOTE=""
 
 bench_weft() {
@@ -376,9 +460,18 @@ bench_weft() {
         return
     fi
     UP_TO_DIRECT=$(awk -v a="$t0" -v b="$t_direct" 'BEGIN { printf "%.2f s", b - a }')
+    # `weft ping` sends one ping a second, so the pong time is coarse: the daemon's own log says
+    # when magicsock switched the path to direct.
+    local ts
+    ts=$(sed 's/\x1b\[[0-9;]*m//g' "$OUT/weft-daemon-a.log" | grep -m1 'path changed.*Direct' | awk '{ print $1 }')
+    if [ -n "$ts" ] && ts=$(date -d "$ts" +%s.%N 2>/dev/null); then
+        UP_TO_PATH_DIRECT=$(awk -v a="$t0" -v b="$ts" 'BEGIN { printf "%.2f s", b - a }')
+    fi
     log "weft: first pong after $UP_TO_FIRST_PONG, first direct pong after $UP_TO_DIRECT"
     MTU[weft]=$(ip -n "$NS_A" -o link show "wft${TAG}a" 2>/dev/null | sed -n 's/.* mtu \([0-9]*\).*/\1/p')
+    TUN_IF_A="wft${TAG}a" TUN_IF_B="wft${TAG}b"
     run_iperf weft "$ip_b" "$da" "$db" || WEFT_NOTE="${NOTE[weft]:-iperf3 failed}"
+    TUN_IF_A="" TUN_IF_B=""
     in_a "$weft" --socket "$sock_a" status >"$OUT/weft-status-a.txt" 2>&1 || true
     stop_pid "$da"
     stop_pid "$db"
@@ -412,18 +505,36 @@ LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "CPU: $CPU_MODEL, $CORES logical cores (/proc/cpuinfo); kernel $(uname -r); load average at the end: $LOAD."
     echo "Tunnel CPU = CPU time of both tunnel processes during the transfer, in % of one core."
     echo
-    echo "| path | Gbit/s | vs wireguard-go | vs veth | tunnel CPU | TCP retransmits | MTU |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    echo "UDP buffer errors = RcvbufErrors + SndbufErrors (/proc/net/snmp, both namespaces); TUN drops ="
+    echo "packets the tunnel interfaces dropped (queue to the reader full, or refused), both ends."
+    echo
+    echo "| path | Gbit/s | vs wireguard-go | vs veth | tunnel CPU | TCP retransmits | UDP buffer errors | TUN drops | MTU |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     for name in "${ORDER[@]}"; do
         if [ -n "${GBPS[$name]:-}" ]; then
-            echo "| $name | ${GBPS[$name]} | $(ratio "$name" wireguard-go) | $(ratio "$name" veth) | ${CPU[$name]} | ${RETR[$name]} | ${MTU[$name]:-} |"
+            echo "| $name | ${GBPS[$name]} | $(ratio "$name" wireguard-go) | $(ratio "$name" veth) | ${CPU[$name]} | ${RETR[$name]} | ${UDPERR[$name]} | ${TUNDROP[$name]} | ${MTU[$name]:-} |"
         else
-            echo "| $name | ${NOTE[$name]:-not available} | | | | | |"
+            echo "| $name | ${NOTE[$name]:-not available} | | | | | | | |"
         fi
     done
+    if [ "${#PROF_PKTS[@]}" -gt 0 ]; then
+        echo
+        echo "Profile (BENCH_PERF=1: \`perf stat\` and \`perf record -e cpu-clock\` on both tunnel processes;"
+        echo "a tunneled packet is one packet into or out of node A's tunnel interface, data or ACK;"
+        echo "% of the tunnel processes' samples):"
+        echo
+        echo "| path | tunneled packets | syscalls / packet | context switches / packet | kernel | scheduler (finish_task_switch) | AEAD | malloc/free |"
+        echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        for name in "${ORDER[@]}"; do
+            [ -n "${PROF_PKTS[$name]:-}" ] || continue
+            echo "| $name | ${PROF_PKTS[$name]} | ${PROF_SYS[$name]:-} | ${PROF_CTX[$name]:-} | ${PROF_KERNEL[$name]} | ${PROF_SCHED[$name]} | ${PROF_CRYPTO[$name]} | ${PROF_ALLOC[$name]} |"
+        done
+    fi
     if wanted weft; then
         echo
-        echo "weft: \`weft up\` (both nodes at once) to the first pong: $UP_TO_FIRST_PONG; to the first direct pong: $UP_TO_DIRECT."
+        echo "weft: from \`weft up\` (both nodes at once) to the first \`weft ping\` pong: $UP_TO_FIRST_PONG;"
+        echo "to the first direct pong: $UP_TO_DIRECT (\`weft ping\` pings once a second; node A's log shows"
+        echo "the path switching to direct after $UP_TO_PATH_DIRECT)."
     fi
 } >"$OUT/report.md"
 
