@@ -15,6 +15,7 @@
 //! | POST | `/api/v1/nodes/{id}/rename` | [`RenameNode`] → `NodeInfo` |
 //! | POST | `/api/v1/nodes/{id}/tags` | [`SetTags`] → `NodeInfo` |
 //! | POST | `/api/v1/nodes/{id}/approve` | → `NodeInfo` |
+//! | POST | `/api/v1/nodes/{id}/key-expiry` | [`SetKeyExpiry`] → `NodeInfo` |
 //! | POST | `/api/v1/nodes/register` | [`RegisterNode`] → `NodeInfo` |
 //! | GET | `/api/v1/registrations` | → pending interactive logins |
 //!
@@ -48,6 +49,9 @@ pub struct UserInfo {
     pub email: String,
     /// Identity provider (`""` local, `oidc`).
     pub provider: String,
+    /// Groups from the identity provider (refreshed at each login).
+    #[serde(default)]
+    pub groups: Vec<String>,
     /// Creation time.
     pub created: Time,
 }
@@ -149,6 +153,9 @@ pub struct NodeInfo {
     pub ephemeral: bool,
     /// Approved (MachineAuthorized).
     pub approved: bool,
+    /// An admin disabled key expiry for this node.
+    #[serde(default)]
+    pub key_expiry_disabled: bool,
     /// Endpoints.
     pub endpoints: Vec<String>,
     /// Created.
@@ -160,6 +167,13 @@ pub struct NodeInfo {
 pub struct RenameNode {
     /// New MagicDNS label.
     pub name: String,
+}
+
+/// `POST /api/v1/nodes/{id}/key-expiry`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SetKeyExpiry {
+    /// True to disable key expiry for the node, false to enable it again.
+    pub disabled: bool,
 }
 
 /// `POST /api/v1/nodes/{id}/tags`.
@@ -192,6 +206,7 @@ pub fn router(c: Control) -> Router {
         .route("/api/v1/nodes/{id}/rename", post(rename_node))
         .route("/api/v1/nodes/{id}/tags", post(tag_node))
         .route("/api/v1/nodes/{id}/approve", post(approve_node))
+        .route("/api/v1/nodes/{id}/key-expiry", post(set_key_expiry))
         .route("/api/v1/registrations", get(list_registrations))
         .route(
             "/api/v1/health",
@@ -255,6 +270,7 @@ fn user_out(u: &weft_store::User) -> UserInfo {
         display_name: u.display_name.clone(),
         email: u.email.clone(),
         provider: u.provider.clone(),
+        groups: u.groups.clone(),
         created: to_time(u.created_at),
     }
 }
@@ -299,6 +315,7 @@ async fn node_out(c: &Control, n: &weft_store::Node) -> NodeInfo {
         expired: n.is_expired(from_time(c.now())),
         ephemeral: n.ephemeral,
         approved: n.approved,
+        key_expiry_disabled: n.key_expiry_disabled,
         endpoints: n.endpoints.iter().map(|e| e.to_string()).collect(),
         created: to_time(n.created_at),
     }
@@ -549,6 +566,17 @@ async fn approve_node(
 ) -> Result<Json<NodeInfo>, ApiError> {
     mutate_node(&c, &id, |store, id| async move {
         store.set_node_approved(id, true).await
+    })
+    .await
+}
+
+async fn set_key_expiry(
+    State(c): State<Control>,
+    UrlPath(id): UrlPath<String>,
+    Json(req): Json<SetKeyExpiry>,
+) -> Result<Json<NodeInfo>, ApiError> {
+    mutate_node(&c, &id, |store, id| async move {
+        store.set_node_key_expiry_disabled(id, req.disabled).await
     })
     .await
 }

@@ -394,3 +394,41 @@ async fn with_approval_required_only_pre_approved_keys_skip_it() {
         .await;
     assert!(m.peers.iter().any(|p| p.key == a.node.public()));
 }
+
+#[tokio::test]
+async fn disabling_key_expiry_revives_an_expired_node_and_peers_see_no_expiry() {
+    let s = start(|_| {}).await;
+    let key = s.key(|_| {}).await;
+    let a = Machine::joined(&s, "alpha", &key).await;
+    let b = Machine::joined(&s, "beta", &key).await;
+    let bid = s.node(&b.node.public()).await.id;
+    assert_eq!(
+        s.admin_post(&format!("/api/v1/nodes/{bid}/expire")).await,
+        200
+    );
+    assert!(b.register(&b.request(None)).await.node_key_expired);
+
+    let resp = s
+        .control
+        .admin_router()
+        .oneshot(
+            axum::http::Request::post(format!("/api/v1/nodes/{bid}/key-expiry"))
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(r#"{"disabled":true}"#))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let info: weft_control::admin::NodeInfo = serde_json::from_slice(&body).unwrap();
+    assert!(info.key_expiry_disabled);
+    assert!(!info.expired);
+    let r = b.register(&b.request(None)).await;
+    assert!(!r.node_key_expired);
+    let mut sa = a.open_stream().await;
+    let m = sa.next(WAIT).await;
+    let peer = m.peers.iter().find(|p| p.id == bid.0).unwrap();
+    assert!(peer.key_expiry.is_zero());
+    assert!(!peer.expired);
+}

@@ -256,6 +256,8 @@ pub(crate) async fn users(c: UsersCmd) -> anyhow::Result<()> {
                 "NAME".into(),
                 "DISPLAY NAME".into(),
                 "EMAIL".into(),
+                "LOGIN".into(),
+                "GROUPS".into(),
                 "CREATED".into(),
             ]];
             rows.extend(users.iter().map(|u| {
@@ -264,6 +266,12 @@ pub(crate) async fn users(c: UsersCmd) -> anyhow::Result<()> {
                     u.name.clone(),
                     u.display_name.clone(),
                     u.email.clone(),
+                    if u.provider.is_empty() {
+                        "local".into()
+                    } else {
+                        u.provider.clone()
+                    },
+                    u.groups.join(","),
                     u.created.to_string(),
                 ]
             }));
@@ -469,6 +477,16 @@ enum NodesSub {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Disable (or, with --enable, re-enable) key expiry for a node.
+    KeyExpiry {
+        /// Node id.
+        id: String,
+        /// Re-enable key expiry instead of disabling it.
+        #[arg(long)]
+        enable: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Approve a node (device approval).
     Approve {
         /// Node id.
@@ -520,6 +538,8 @@ pub(crate) async fn nodes(c: NodesCmd) -> anyhow::Result<()> {
                 "IPV6".into(),
                 "TAGS".into(),
                 "ONLINE".into(),
+                "APPROVED".into(),
+                "EXPIRES".into(),
                 "EXPIRED".into(),
                 "LAST SEEN".into(),
             ]];
@@ -533,6 +553,12 @@ pub(crate) async fn nodes(c: NodesCmd) -> anyhow::Result<()> {
                     n.ipv6.clone(),
                     n.tags.join(","),
                     n.online.to_string(),
+                    n.approved.to_string(),
+                    if n.key_expiry_disabled {
+                        "disabled".into()
+                    } else {
+                        n.expiry.map_or("never".into(), |t| t.to_string())
+                    },
                     n.expired.to_string(),
                     n.last_seen.map_or("-".into(), |t| t.to_string()),
                 ]
@@ -566,6 +592,14 @@ pub(crate) async fn nodes(c: NodesCmd) -> anyhow::Result<()> {
                 Method::POST,
                 &format!("/api/v1/nodes/{}/tags", node_id(&id)?),
                 Some(json!({"tags": split_tags(&tags)})),
+            )
+            .await?,
+        )?,
+        NodesSub::KeyExpiry { id, enable, conn } => print_node(
+            conn.call(
+                Method::POST,
+                &format!("/api/v1/nodes/{}/key-expiry", node_id(&id)?),
+                Some(json!({"disabled": !enable})),
             )
             .await?,
         )?,
