@@ -30,6 +30,8 @@ pub enum TlsMode {
     PinnedSha256([u8; 32]),
     /// Verify the chain against these roots and the URL host name.
     Roots(Arc<rustls::RootCertStore>),
+    /// Verify against the PEM CA certificates in this file (read at connect time).
+    RootsPemFile(std::path::PathBuf),
 }
 
 /// Client options.

@@ -12,6 +12,7 @@ const CONTROL_DEPTH: usize = 1024;
 #[derive(Default)]
 struct Queues {
     data: VecDeque<Frame>,
+    data_bytes: usize,
     disco: VecDeque<Frame>,
     control: VecDeque<Frame>,
     dropped: u64,
@@ -20,21 +21,36 @@ struct Queues {
 
 /// Frames waiting for one connection's writer task.
 ///
-/// Two packet queues (disco and other) of `depth` each; when one is full the
+/// Two packet queues, disco and other. The disco queue holds `depth` packets;
+/// the other holds at least `depth` packets and more while their bytes stay
+/// within `byte_budget` (a relay reads many frames per socket read, so a burst
+/// for one receiver can exceed a small fixed depth). When a queue is full the
 /// oldest packet is dropped. Pushing never blocks.
 pub(crate) struct ClientQueue {
     q: Mutex<Queues>,
     notify: Notify,
     depth: usize,
+    byte_budget: usize,
     unbounded_control: bool,
 }
 
+/// Hard cap on queued data packets regardless of size.
+const MAX_DATA_PACKETS: usize = 4096;
+
+fn packet_len(f: &Frame) -> usize {
+    match f {
+        Frame::RecvPacket { packet, .. } => packet.len() + 32,
+        _ => 0,
+    }
+}
+
 impl ClientQueue {
-    pub(crate) fn new(depth: usize, unbounded_control: bool) -> Self {
+    pub(crate) fn new(depth: usize, byte_budget: usize, unbounded_control: bool) -> Self {
         Self {
             q: Mutex::new(Queues::default()),
             notify: Notify::new(),
             depth: depth.max(1),
+            byte_budget,
             unbounded_control,
         }
     }
@@ -46,20 +62,42 @@ impl ClientQueue {
             if q.closed {
                 return false;
             }
-            let (queue, limit) = match &frame {
-                Frame::RecvPacket { packet, .. } if looks_like_disco(packet) => {
-                    (&mut q.disco, self.depth)
-                }
-                Frame::RecvPacket { .. } => (&mut q.data, self.depth),
-                _ if self.unbounded_control => (&mut q.control, usize::MAX),
-                _ => (&mut q.control, CONTROL_DEPTH),
-            };
+            let q = &mut *q;
             let mut dropped = 0;
-            if queue.len() >= limit {
-                queue.pop_front();
-                dropped = 1;
+            match &frame {
+                Frame::RecvPacket { packet, .. } if looks_like_disco(packet) => {
+                    if q.disco.len() >= self.depth {
+                        q.disco.pop_front();
+                        dropped += 1;
+                    }
+                    q.disco.push_back(frame);
+                }
+                Frame::RecvPacket { .. } => {
+                    let len = packet_len(&frame);
+                    while q.data.len() >= self.depth
+                        && (q.data.len() >= MAX_DATA_PACKETS
+                            || q.data_bytes + len > self.byte_budget)
+                    {
+                        let Some(old) = q.data.pop_front() else { break };
+                        q.data_bytes -= packet_len(&old);
+                        dropped += 1;
+                    }
+                    q.data_bytes += len;
+                    q.data.push_back(frame);
+                }
+                _ => {
+                    let limit = if self.unbounded_control {
+                        usize::MAX
+                    } else {
+                        CONTROL_DEPTH
+                    };
+                    if q.control.len() >= limit {
+                        q.control.pop_front();
+                        dropped += 1;
+                    }
+                    q.control.push_back(frame);
+                }
             }
-            queue.push_back(frame);
             q.dropped += dropped;
             dropped > 0
         };
@@ -74,6 +112,7 @@ impl ClientQueue {
         out.extend(q.control.drain(..));
         out.extend(q.disco.drain(..));
         out.extend(q.data.drain(..));
+        q.data_bytes = 0;
         n
     }
 
@@ -89,6 +128,7 @@ impl ClientQueue {
         let mut q = self.q.lock().expect("queue lock");
         q.closed = true;
         q.data.clear();
+        q.data_bytes = 0;
         q.disco.clear();
         q.control.clear();
     }
@@ -109,7 +149,7 @@ mod tests {
 
     #[test]
     fn full_queue_drops_oldest_packet() {
-        let q = ClientQueue::new(2, false);
+        let q = ClientQueue::new(2, 0, false);
         q.push(pkt(1));
         q.push(pkt(2));
         q.push(pkt(3));
@@ -120,8 +160,20 @@ mod tests {
     }
 
     #[test]
+    fn small_packets_may_exceed_depth_within_the_byte_budget() {
+        let q = ClientQueue::new(2, 33 * 4, false);
+        for n in 1..=6 {
+            q.push(pkt(n));
+        }
+        let mut out = Vec::new();
+        assert_eq!(q.take(&mut out), 4);
+        assert_eq!(out, vec![pkt(3), pkt(4), pkt(5), pkt(6)]);
+        assert_eq!(q.dropped(), 2);
+    }
+
+    #[test]
     fn control_frames_go_first_and_are_not_displaced_by_packets() {
-        let q = ClientQueue::new(1, false);
+        let q = ClientQueue::new(1, 0, false);
         q.push(pkt(1));
         q.push(Frame::Pong { data: [0; 8] });
         q.push(pkt(2));

@@ -41,8 +41,10 @@ pub struct ServerOptions {
     pub mesh_key: Option<String>,
     /// Admission control for non-mesh clients.
     pub verifier: Option<Arc<dyn ClientVerifier>>,
-    /// Depth of each per-client packet queue (data and disco).
+    /// Packets always allowed in each per-client queue (data and disco).
     pub queue_depth: usize,
+    /// Bytes the data queue may hold beyond `queue_depth` packets.
+    pub queue_bytes: usize,
     /// Per-write timeout for regular clients (`None` = no timeout).
     pub write_timeout: Option<Duration>,
     /// Per-write timeout for mesh peers.
@@ -57,6 +59,7 @@ impl Default for ServerOptions {
             mesh_key: None,
             verifier: None,
             queue_depth: 32,
+            queue_bytes: 512 << 10,
             write_timeout: Some(Duration::from_secs(2)),
             mesh_write_timeout: Duration::from_secs(30),
             keep_alive: KEEP_ALIVE,
@@ -324,7 +327,11 @@ impl DerpServer {
         }
 
         let conn = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
-        let queue = Arc::new(ClientQueue::new(self.opts.queue_depth, is_mesh_peer));
+        let queue = Arc::new(ClientQueue::new(
+            self.opts.queue_depth,
+            self.opts.queue_bytes,
+            is_mesh_peer,
+        ));
         let cancel = self.shutdown.child_token();
         {
             let mut sh = self.lock();

@@ -51,8 +51,12 @@ pub struct DerpArgs {
     #[arg(long)]
     pub mesh_key_file: Option<PathBuf>,
     /// Skip TLS verification on mesh links (self-signed test relays).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "mesh_ca")]
     pub mesh_insecure: bool,
+    /// PEM CA file to verify mesh peers' certificates (default: the peers'
+    /// certificate must match --tls-cert's leaf, i.e. the region shares one cert).
+    #[arg(long)]
+    pub mesh_ca: Option<PathBuf>,
     /// Admission URL: POST {"NodePublic","Source"} -> {"Allow":bool}.
     #[arg(long, value_name = "URL")]
     pub verify_clients: Option<String>,
@@ -104,6 +108,12 @@ pub struct StandaloneConfig {
 
 impl From<DerpArgs> for StandaloneConfig {
     fn from(a: DerpArgs) -> Self {
+        let mesh_tls = match (a.mesh_insecure, a.mesh_ca, &a.tls_cert) {
+            (true, _, _) => TlsMode::InsecureForTests,
+            (false, Some(ca), _) => TlsMode::RootsPemFile(ca),
+            (false, None, Some(cert)) => TlsMode::RootsPemFile(cert.clone()),
+            (false, None, None) => TlsMode::Roots(Arc::new(rustls::RootCertStore::empty())),
+        };
         let tls = match (a.plain_http, a.tls_cert, a.tls_key) {
             (true, _, _) => TlsSource::None,
             (false, Some(cert), Some(key)) => TlsSource::Files { cert, key },
@@ -117,19 +127,11 @@ impl From<DerpArgs> for StandaloneConfig {
             key_file: a.key_file,
             mesh_with: a.mesh_with,
             mesh_key_file: a.mesh_key_file,
-            mesh_tls: if a.mesh_insecure {
-                TlsMode::InsecureForTests
-            } else {
-                TlsMode::Roots(Arc::new(webpki_roots_empty()))
-            },
+            mesh_tls,
             verify_clients: a.verify_clients,
             verify_fail_open: a.verify_fail_open,
         }
     }
-}
-
-fn webpki_roots_empty() -> rustls::RootCertStore {
-    rustls::RootCertStore::empty()
 }
 
 /// Errors starting a relay.

@@ -170,6 +170,14 @@ pub(crate) async fn connect(
         TlsMode::Roots(roots) => builder
             .with_root_certificates(roots.clone())
             .with_no_client_auth(),
+        TlsMode::RootsPemFile(path) => {
+            let bad = |e: &dyn std::fmt::Display| Error::Tls(format!("{}: {e}", path.display()));
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+                roots.add(c.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
         TlsMode::InsecureForTests => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAny {

@@ -474,3 +474,52 @@ async fn stun_listener_reports_the_observed_address() {
         .unwrap();
     assert_eq!(got, me);
 }
+
+#[tokio::test]
+async fn tls_mesh_verifies_peers_against_the_shared_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("derp.crt"), dir.path().join("derp.key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let mesh_key = "cd".repeat(32);
+    std::fs::write(dir.path().join("mesh.key"), &mesh_key).unwrap();
+    let tls = TlsSource::Files {
+        cert: cert.clone(),
+        key,
+    };
+    let mut c1 = config(&dir, "t1", tls.clone());
+    c1.mesh_key_file = Some(dir.path().join("mesh.key"));
+    let mut c2 = config(&dir, "t2", tls);
+    c2.mesh_key_file = Some(dir.path().join("mesh.key"));
+    let s1 = standalone::start(c1).await.unwrap();
+    let s2 = standalone::start(c2).await.unwrap();
+    for (from, to) in [(&s1, &s2), (&s2, &s1)] {
+        let target = mesh::MeshTarget::parse(
+            &format!("localhost:{}/{}", to.derp_addr.port(), to.derp_addr),
+            false,
+        );
+        mesh::spawn(
+            from.server.clone(),
+            target,
+            mesh_key.clone(),
+            TlsMode::RootsPemFile(cert.clone()),
+        );
+    }
+    let opts = |r: &Running| ClientOptions {
+        dial_addr: Some(r.derp_addr.to_string()),
+        tls: TlsMode::RootsPemFile(cert.clone()),
+        ..Default::default()
+    };
+    let u = |r: &Running| format!("https://localhost:{}/derp", r.derp_addr.port());
+    let a = DerpClient::connect(&u(&s1), NodePrivate::generate(), opts(&s1))
+        .await
+        .unwrap();
+    let mut b = DerpClient::connect(&u(&s2), NodePrivate::generate(), opts(&s2))
+        .await
+        .unwrap();
+    let (srv1, bk) = (s1.server.clone(), b.public_key());
+    wait_for("mesh route over TLS", || srv1.has_mesh_route(&bk)).await;
+    a.send(bk, Bytes::from_static(b"tls mesh")).await.unwrap();
+    assert_eq!(recv_within(&mut b).await.1, Bytes::from_static(b"tls mesh"));
+}
