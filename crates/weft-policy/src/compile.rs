@@ -295,9 +295,10 @@ impl Compiled {
             c.index.insert(n.id, slot);
         }
         c.rules = vec![RuleState::default(); c.policy.rules.len()];
+        let mut done = Vec::new();
         for ri in 0..c.rules.len() {
             c.compute_rule_membership(ri);
-            c.compute_rule_sources(ri);
+            c.compute_rule_sources(ri, &mut done);
         }
         for slot in 0..c.slots.len() {
             if c.slots[slot].is_some() {
@@ -464,6 +465,7 @@ impl Compiled {
         // Rebuild per-rule membership for this slot, and sources where they can change.
         let mut rebuild: BTreeSet<usize> = BTreeSet::new();
         rebuild.insert(slot);
+        let mut done = Vec::new();
         for ri in 0..self.rules.len() {
             let rule = &self.policy.rules[ri];
             let (in_src, in_dsts) = match &self.slots[slot] {
@@ -495,7 +497,7 @@ impl Compiled {
                 (st.wildcard_src && routes_changed) || old_src_member[ri] || new_member;
             if src_may_change {
                 let before = std::mem::take(&mut self.rules[ri].src_strings);
-                self.compute_rule_sources(ri);
+                self.compute_rule_sources(ri, &mut done);
                 if self.rules[ri].src_strings != before {
                     rebuild.extend(self.rules[ri].dst_any.iter());
                 }
@@ -654,8 +656,23 @@ impl Compiled {
         self.rules[ri] = st;
     }
 
-    fn compute_rule_sources(&mut self, ri: usize) {
+    /// Recomputes a rule's sources; `done` lists rules already recomputed in this pass, whose
+    /// result is reused when their source list is identical.
+    fn compute_rule_sources(&mut self, ri: usize, done: &mut Vec<usize>) {
         let rule = &self.policy.rules[ri];
+        if let Some(&rj) = done
+            .iter()
+            .find(|&&rj| self.policy.rules[rj].src == rule.src)
+        {
+            let (strings, set) = (
+                self.rules[rj].src_strings.clone(),
+                self.rules[rj].src_set.clone(),
+            );
+            self.rules[ri].src_strings = strings;
+            self.rules[ri].src_set = set;
+            return;
+        }
+        done.push(ri);
         // Tailscale lists `*`'s ranges and the other selectors' addresses side by side, without
         // folding node addresses into the wildcard ranges.
         let mut others = IpSet::new();
