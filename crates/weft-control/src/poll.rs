@@ -1,7 +1,6 @@
 //! `/machine/map`: lite updates, one-shot maps and the streaming long poll.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
@@ -128,8 +127,10 @@ pub fn decode_frame(buf: &[u8], zstd: bool) -> Result<Option<(MapResponse, usize
 }
 
 fn keepalive_deadline(c: &Control) -> Instant {
-    let jitter = weft_key::random_bytes::<1>()[0] as u64 % 10;
-    Instant::now() + c.inner.cfg.keepalive + Duration::from_secs(jitter)
+    // Up to a fifth of the interval of jitter (0–10 s for the default 50 s).
+    let base = c.inner.cfg.keepalive;
+    let r = u32::from(weft_key::random_bytes::<1>()[0]);
+    Instant::now() + base + base / 5 * r / 255
 }
 
 fn stream(c: Control, id: i64, zstd: bool) -> Response {

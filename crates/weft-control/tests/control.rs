@@ -696,3 +696,84 @@ async fn admin_rename_is_pushed_to_peers_as_a_full_node() {
     let m = sa.next_matching(|m| !m.peers_changed.is_empty()).await;
     assert_eq!(m.peers_changed[0].name, "gamma.tailnet.test.");
 }
+
+#[tokio::test]
+async fn idle_streams_get_keep_alives_encoded_exactly_as_go_does() {
+    let ts = start_with(|c| c.keepalive = Duration::from_millis(50)).await;
+    let key = ts.key("alice", |_| {}).await;
+    let a = joined(&ts, "alpha", &key).await;
+    let mut s = a.open_stream().await;
+    assert!(s.next().await.node.is_some());
+    let m = s.next().await;
+    assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"KeepAlive":true}"#);
+}
+
+#[tokio::test]
+async fn a_new_stream_replaces_the_old_one_of_the_same_node() {
+    let ts = start().await;
+    let key = ts.key("alice", |_| {}).await;
+    let a = joined(&ts, "alpha", &key).await;
+    let mut first = a.open_stream().await;
+    first.next().await;
+    let mut second = a.open_stream().await;
+    assert!(second.next().await.node.is_some());
+    let ended = timeout(WAIT, async {
+        loop {
+            match first.body.frame().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the older stream is closed");
+    assert!(ts
+        .control
+        .hub()
+        .is_streaming(ts.store.list_nodes().await.unwrap()[0].id.0));
+}
+
+#[tokio::test]
+async fn admin_api_over_tcp_needs_the_bearer_key() {
+    let ts = start().await;
+    let app = weft_control::admin::router_with_key(ts.control.clone(), "sekrit".into());
+    let req = |auth: Option<&str>| {
+        let mut r = hyper::Request::get("/api/v1/nodes");
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r.body(axum::body::Body::empty()).unwrap()
+    };
+    let resp = tower::ServiceExt::oneshot(app.clone(), req(None))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = tower::ServiceExt::oneshot(app.clone(), req(Some("Bearer wrong")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = tower::ServiceExt::oneshot(app, req(Some("Bearer sekrit")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn noise_key_survives_a_restart_on_the_same_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = weft_store::sqlite_url_for_dir(dir.path());
+    let first = {
+        let store = weft_store::open(&url).await.unwrap();
+        let c = Control::new(ControlConfig::new("http://127.0.0.1:1"), store.clone())
+            .await
+            .unwrap();
+        let k = c.noise_public();
+        store.close().await;
+        k
+    };
+    let store = weft_store::open(&url).await.unwrap();
+    let c = Control::new(ControlConfig::new("http://127.0.0.1:1"), store)
+        .await
+        .unwrap();
+    assert_eq!(c.noise_public(), first);
+}
