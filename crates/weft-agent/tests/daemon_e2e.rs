@@ -124,8 +124,16 @@ fn checksum(b: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_daemons_join_ping_directly_and_carry_a_packet() {
+struct Tailnet {
+    control: Control,
+    url: String,
+    key: String,
+    _dir: tempfile::TempDir,
+}
+
+/// `weft-control` with an embedded DERP relay (plain HTTP) and a STUN server, all on
+/// 127.0.0.1, and a reusable pre-auth key.
+async fn tailnet() -> Tailnet {
     // The embedded relay speaks plain HTTP on the control port.
     std::env::set_var("WEFT_DERP_HTTP", "1");
     let _ = tracing_subscriber::fmt()
@@ -141,7 +149,7 @@ async fn two_daemons_join_ping_directly_and_carry_a_packet() {
     let url = format!("http://{ctl_addr}");
     let stun = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let stun_port = stun.local_addr().unwrap().port();
-    let _stun_task = weft_derp::stun::serve(stun);
+    weft_derp::stun::serve(stun);
 
     let mut derp_map = DerpMap::default();
     derp_map.regions.insert(
@@ -186,9 +194,19 @@ async fn two_daemons_join_ping_directly_and_carry_a_packet() {
         })
         .await
         .unwrap();
+    Tailnet {
+        control,
+        url,
+        key,
+        _dir: dir,
+    }
+}
 
-    let a = start_node(&url, &key, "alpha").await;
-    let mut b = start_node(&url, &key, "bravo").await;
+/// Starts alpha and bravo and waits until each is Running with the other in its netmap;
+/// returns their IPv4 tailnet addresses.
+async fn join_two(t: &Tailnet) -> (Node, Node, IpAddr, IpAddr) {
+    let a = start_node(&t.url, &t.key, "alpha").await;
+    let b = start_node(&t.url, &t.key, "bravo").await;
     let sa = wait_status(&a.client, "alpha to see bravo", |s| {
         s.backend_state == BackendState::Running && s.peer.values().any(|p| p.host_name == "bravo")
     })
@@ -201,6 +219,13 @@ async fn two_daemons_join_ping_directly_and_carry_a_packet() {
     let b_ip = *sb.tailscale_ips.iter().find(|i| i.is_ipv4()).unwrap();
     assert_ne!(a_ip, b_ip);
     assert_eq!(sa.self_.as_ref().unwrap().host_name, "alpha");
+    (a, b, a_ip, b_ip)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_join_ping_directly_and_carry_a_packet() {
+    let t = tailnet().await;
+    let (a, mut b, a_ip, b_ip) = join_two(&t).await;
 
     // Disco ping by name: relayed first or direct at once, direct within a few tries. Until
     // bravo's disco key and home region have reached alpha, the ping fails at once; then
@@ -264,4 +289,92 @@ async fn two_daemons_join_ping_directly_and_carry_a_packet() {
     assert!(nc.udp, "STUN on loopback answers: {nc:?}");
     assert_eq!(nc.preferred_derp, 900);
     assert_eq!(nc.region_codes.get(&900).map(String::as_str), Some("test"));
+}
+
+/// A policy that lets anything reach UDP/TCP port 9999 and nothing else.
+struct OnlyPort9999;
+
+impl weft_mapper::PolicyView for OnlyPort9999 {
+    fn packet_filter(&self, _node: weft_tailcfg::NodeId) -> Vec<weft_tailcfg::FilterRule> {
+        vec![weft_tailcfg::FilterRule {
+            src_ips: vec!["*".into()],
+            dst_ports: vec![weft_tailcfg::NetPortRange {
+                ip: "*".into(),
+                bits: None,
+                ports: weft_tailcfg::PortRange {
+                    first: 9999,
+                    last: 9999,
+                },
+            }],
+            ..weft_tailcfg::FilterRule::default()
+        }]
+    }
+
+    fn may_see(&self, _viewer: weft_tailcfg::NodeId, _peer: weft_tailcfg::NodeId) -> bool {
+        true
+    }
+}
+
+/// An IPv4 UDP datagram (UDP checksum 0 = none).
+fn udp(src: IpAddr, dst: IpAddr, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
+        panic!("v4 only")
+    };
+    let ulen = 8 + payload.len();
+    let total = 20 + ulen;
+    let mut ip = vec![
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ];
+    ip.extend_from_slice(&s.octets());
+    ip.extend_from_slice(&d.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip.extend_from_slice(&40000u16.to_be_bytes());
+    ip.extend_from_slice(&dport.to_be_bytes());
+    ip.extend_from_slice(&(ulen as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 0]);
+    ip.extend_from_slice(payload);
+    ip
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_filter_drops_what_the_policy_forbids_and_passes_what_it_allows() {
+    let t = tailnet().await;
+    t.control.set_policy(Arc::new(OnlyPort9999));
+    let (a, mut b, a_ip, b_ip) = join_two(&t).await;
+    let forbidden = udp(a_ip, b_ip, 1234, b"forbidden");
+    let allowed = udp(a_ip, b_ip, 9999, b"allowed");
+    // Each round sends the forbidden datagram first, then the allowed one, on the same
+    // path; if the filter let the first through it would come out of bravo's TUN first.
+    let got = tokio::time::timeout(WAIT, async {
+        loop {
+            a.to_tun.send(forbidden.clone()).await.unwrap();
+            a.to_tun.send(allowed.clone()).await.unwrap();
+            if let Ok(Some(p)) =
+                tokio::time::timeout(Duration::from_millis(500), b.from_peers.recv()).await
+            {
+                return p;
+            }
+        }
+    })
+    .await
+    .expect("the allowed datagram never arrived");
+    assert_eq!(
+        got, allowed,
+        "the first packet out of bravo's TUN must be the allowed one"
+    );
+    while let Ok(p) = b.from_peers.try_recv() {
+        assert_ne!(p, forbidden, "a forbidden datagram reached bravo's TUN");
+    }
 }
