@@ -12,10 +12,13 @@
 # Environment:
 #   BENCH_SECONDS   iperf3 duration per run (default 10)
 #   BENCH_NO_BUILD  set to 1 to skip `cargo build --release -p weft` (uses WEFT_BIN or target/release/weft)
-#   WEFT_BIN        weft binary to use
+#   WEFT_BIN        weft binary to use (then nothing is built)
 #   BORINGTUN_BIN   boringtun-cli binary (default: target/bench-tools/bin/boringtun-cli, installed
 #                   with `cargo install --root target/bench-tools boringtun-cli` when missing)
 #   BENCH_ONLY      space-separated subset of: veth wireguard-go boringtun weft
+#   BENCH_BIGBUF    experiment: force this many bytes of UDP socket buffer (SO_RCVBUFFORCE and
+#                   SO_SNDBUFFORCE through an LD_PRELOAD shim built with cc) in weft and boringtun-cli
+#   BENCH_TXQLEN    experiment: set this txqueuelen on the tunnel interfaces (default: leave 500)
 #   BENCH_PERF      set to 1 to sample the tunnel processes with `perf record -e cpu-clock` during
 #                   their iperf3 run (target/bench-dataplane/NAME.perf.{data,txt})
 #
@@ -33,11 +36,15 @@ UPDATE_DOCS=0
 for arg in "$@"; do
     case "$arg" in
         --update-docs) UPDATE_DOCS=1 ;;
-        -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
 
+if [ "$UPDATE_DOCS" = 1 ] && [ -n "${BENCH_BIGBUF:-}${BENCH_TXQLEN:-}${BENCH_ONLY:-}${BENCH_PERF:-}" ]; then
+    echo "bench-dataplane: --update-docs records the default run only (unset BENCH_BIGBUF, BENCH_TXQLEN, BENCH_ONLY, BENCH_PERF)" >&2
+    exit 2
+fi
 [ "$(id -u)" = 0 ] || { echo "bench-dataplane: needs root (namespaces, TUN)" >&2; exit 1; }
 for tool in ip iperf3 wg wireguard-go jq curl ss; do
     command -v "$tool" >/dev/null || { echo "bench-dataplane: missing $tool (apt-get install iproute2 iperf3 wireguard-tools wireguard-go jq curl)" >&2; exit 1; }
@@ -145,7 +152,7 @@ CLK_TCK=$(getconf CLK_TCK)
 
 # ---------------------------------------------------------------------------------------------
 # Results
-declare -A GBPS=() RETR=() CPU=() MTU=() NOTE=() UDPERR=() TUNDROP=()
+declare -A GBPS=() RETR=() CPU=() MTU=() NOTE=() UDPERR=() TUNDROP=() PKTS=() CPU_PKT=()
 declare -A PROF_PKTS=() PROF_SYS=() PROF_CTX=() PROF_KERNEL=() PROF_CRYPTO=() PROF_ALLOC=() PROF_SCHED=()
 # The tunnel interface in namespace A whose packets (rx+tx) count as "tunneled packets".
 TUN_IF_A=""
@@ -209,6 +216,10 @@ run_iperf() {
         perf_stat_pid=$!
         PIDS+=("$perf_stat_pid")
     fi
+    if [ -n "${BENCH_TXQLEN:-}" ]; then
+        [ -z "$TUN_IF_A" ] || ip -n "$NS_A" link set dev "$TUN_IF_A" txqueuelen "$BENCH_TXQLEN"
+        [ -z "$TUN_IF_B" ] || ip -n "$NS_B" link set dev "$TUN_IF_B" txqueuelen "$BENCH_TXQLEN"
+    fi
     local pk0 ue0 td0
     pk0=$(tun_packets)
     ue0=$(( $(udp_buf_errors "$NS_A") + $(udp_buf_errors "$NS_B") ))
@@ -258,6 +269,11 @@ run_iperf() {
     if [ "${#tunnel_pids[@]}" -gt 0 ]; then
         CPU[$name]=$(awk -v a="$c0" -v b="$c1" -v t0="$t0" -v t1="$t1" -v hz="$CLK_TCK" \
             'BEGIN { printf "%.0f%%", 100 * (b - a) / hz / (t1 - t0) }')
+        PKTS[$name]=$((pk1 - pk0))
+        if [ "${PKTS[$name]}" -gt 0 ]; then
+            CPU_PKT[$name]=$(awk -v a="$c0" -v b="$c1" -v hz="$CLK_TCK" -v p="${PKTS[$name]}" \
+                'BEGIN { printf "%.1f", 1e6 * (b - a) / hz / p }')
+        fi
     else
         CPU[$name]="-"
     fi
@@ -265,6 +281,40 @@ run_iperf() {
 }
 
 wanted() { [[ " $ONLY " == *" $1 "* ]]; }
+
+# Experiment (BENCH_BIGBUF=BYTES): an LD_PRELOAD shim that forces BYTES of receive and send
+# buffer onto every UDP socket at bind(), i.e. what SO_RCVBUFFORCE/SO_SNDBUFFORCE in the daemon
+# would do. It reaches programs that bind through libc (weft, boringtun-cli), not Go's
+# wireguard-go, which makes its own system calls.
+PRELOAD_ENV=(env)
+if [ -n "${BENCH_BIGBUF:-}" ]; then
+    command -v cc >/dev/null || { echo "bench-dataplane: BENCH_BIGBUF needs a C compiler (cc)" >&2; exit 1; }
+    cat >"$OUT/bigbuf.c" <<'SHIM'
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+int bind(int fd, const struct sockaddr *addr, socklen_t len) {
+    static int (*real_bind)(int, const struct sockaddr *, socklen_t);
+    if (!real_bind) real_bind = (int (*)(int, const struct sockaddr *, socklen_t))dlsym(RTLD_NEXT, "bind");
+    int type = 0;
+    socklen_t tl = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 && type == SOCK_DGRAM) {
+        const char *e = getenv("BENCH_BIGBUF");
+        int size = e ? atoi(e) : 0;
+        if (size > 0) {
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size);
+            setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof size);
+        }
+    }
+    return real_bind(fd, addr, len);
+}
+SHIM
+    cc -O2 -shared -fPIC -o "$OUT/bigbuf.so" "$OUT/bigbuf.c" -ldl
+    PRELOAD_ENV=(env "LD_PRELOAD=$OUT/bigbuf.so" "BENCH_BIGBUF=$BENCH_BIGBUF")
+    log "experiment: UDP buffers forced to $BENCH_BIGBUF bytes in weft and boringtun-cli (LD_PRELOAD)"
+fi
+[ -z "${BENCH_TXQLEN:-}" ] || log "experiment: txqueuelen $BENCH_TXQLEN on the tunnel interfaces"
 
 # ---------------------------------------------------------------------------------------------
 log "namespaces $NS_A <-> $NS_B over one veth pair"
@@ -358,7 +408,7 @@ if wanted boringtun; then
     fi
     if [ -x "$BORINGTUN_BIN" ]; then
         log "$("$BORINGTUN_BIN" --version)"
-        bench_userspace_wg boringtun wbt "$BORINGTUN_BIN" -f --disable-drop-privileges \
+        bench_userspace_wg boringtun wbt "${PRELOAD_ENV[@]}" "$BORINGTUN_BIN" -f --disable-drop-privileges \
             -l "$OUT/boringtun-internal.log"
     else
         ORDER+=(boringtun)
@@ -385,6 +435,9 @@ bench_weft() {
         WEFT_NOTE="not available: no weft binary at $weft"
         return
     fi
+    # A private copy: other builds may replace target/release/weft while this runs.
+    cp "$weft" "$OUT/weft"
+    weft="$OUT/weft"
     if ! "$weft" daemon --help >/dev/null 2>&1; then
         WEFT_NOTE="not available: this weft binary has no \`daemon\` subcommand yet"
         return
@@ -409,9 +462,9 @@ bench_weft() {
         awk 'NF { last = $0 } END { print last }' | tr -d '[:space:]')
     [ -n "$key" ] || { WEFT_NOTE="not available: no auth key (see $OUT/weft-admin.log)"; return; }
 
-    spawn "$NS_A" "$OUT/weft-daemon-a.log" "$weft" --socket "$sock_a" daemon --state-dir "$sa" --tun "wft${TAG}a"
+    spawn "$NS_A" "$OUT/weft-daemon-a.log" "${PRELOAD_ENV[@]}" "$weft" --socket "$sock_a" daemon --state-dir "$sa" --tun "wft${TAG}a"
     local da=$LAST_PID
-    spawn "$NS_B" "$OUT/weft-daemon-b.log" "$weft" --socket "$sock_b" daemon --state-dir "$sb" --tun "wft${TAG}b"
+    spawn "$NS_B" "$OUT/weft-daemon-b.log" "${PRELOAD_ENV[@]}" "$weft" --socket "$sock_b" daemon --state-dir "$sb" --tun "wft${TAG}b"
     local db=$LAST_PID
     if ! wait_until 20 test -S "$sock_a" || ! wait_until 20 test -S "$sock_b"; then
         WEFT_NOTE="not available: weft daemon did not open its socket (see $OUT/weft-daemon-*.log)"
@@ -502,19 +555,22 @@ CORES=$(grep -c '^processor' /proc/cpuinfo)
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 {
     echo "Run of $(date -u '+%Y-%m-%d %H:%M UTC'), \`scripts/bench-dataplane.sh\`, iperf3 -t $SECONDS_PER_RUN, one TCP stream A -> B."
+    [ -z "${BENCH_BIGBUF:-}" ] || echo "Experiment: UDP socket buffers forced to $BENCH_BIGBUF bytes in weft and boringtun-cli (not wireguard-go)."
+    [ -z "${BENCH_TXQLEN:-}" ] || echo "Experiment: txqueuelen $BENCH_TXQLEN on all tunnel interfaces."
     echo "CPU: $CPU_MODEL, $CORES logical cores (/proc/cpuinfo); kernel $(uname -r); load average at the end: $LOAD."
-    echo "Tunnel CPU = CPU time of both tunnel processes during the transfer, in % of one core."
+    echo "Tunnel CPU = CPU time of both tunnel processes during the transfer, in % of one core; per packet ="
+    echo "that CPU time divided by the packets (data and ACKs) through node A's tunnel interface."
     echo
     echo "UDP buffer errors = RcvbufErrors + SndbufErrors (/proc/net/snmp, both namespaces); TUN drops ="
     echo "packets the tunnel interfaces dropped (queue to the reader full, or refused), both ends."
     echo
-    echo "| path | Gbit/s | vs wireguard-go | vs veth | tunnel CPU | TCP retransmits | UDP buffer errors | TUN drops | MTU |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    echo "| path | Gbit/s | vs wireguard-go | vs veth | tunnel CPU | CPU µs / packet | TCP retransmits | UDP buffer errors | TUN drops | MTU |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     for name in "${ORDER[@]}"; do
         if [ -n "${GBPS[$name]:-}" ]; then
-            echo "| $name | ${GBPS[$name]} | $(ratio "$name" wireguard-go) | $(ratio "$name" veth) | ${CPU[$name]} | ${RETR[$name]} | ${UDPERR[$name]} | ${TUNDROP[$name]} | ${MTU[$name]:-} |"
+            echo "| $name | ${GBPS[$name]} | $(ratio "$name" wireguard-go) | $(ratio "$name" veth) | ${CPU[$name]} | ${CPU_PKT[$name]:--} | ${RETR[$name]} | ${UDPERR[$name]} | ${TUNDROP[$name]} | ${MTU[$name]:-} |"
         else
-            echo "| $name | ${NOTE[$name]:-not available} | | | | | | | |"
+            echo "| $name | ${NOTE[$name]:-not available} | | | | | | | | |"
         fi
     done
     if [ "${#PROF_PKTS[@]}" -gt 0 ]; then
@@ -532,6 +588,7 @@ LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
     fi
     if wanted weft; then
         echo
+        echo "weft binary built $(date -u -r "$WEFT_BIN" '+%Y-%m-%d %H:%M UTC' 2>/dev/null || echo '?'); repository HEAD $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')."
         echo "weft: from \`weft up\` (both nodes at once) to the first \`weft ping\` pong: $UP_TO_FIRST_PONG;"
         echo "to the first direct pong: $UP_TO_DIRECT (\`weft ping\` pings once a second; node A's log shows"
         echo "the path switching to direct after $UP_TO_PATH_DIRECT)."
