@@ -678,3 +678,45 @@ async fn without_oidc_the_registration_page_shows_the_admin_command() {
     assert!(page.body.contains("no identity provider"), "{}", page.body);
     assert!(store.list_nodes().await.unwrap().is_empty());
 }
+
+#[test]
+fn the_server_config_file_takes_an_oidc_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let path = dir.path().join("weft.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"server_url = "https://ctrl.example.com"
+
+[oidc]
+issuer = "https://login.example.com"
+client_id = "weft"
+client_secret_file = "{}"
+scopes = ["openid", "email", "groups"]
+allowed_domains = ["example.com"]
+allowed_groups = ["engineering"]
+"#,
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let file = weft_control::FileConfig::load(&path).unwrap();
+    let mut cfg = ControlConfig::new("https://ctrl.example.com");
+    cfg.apply_file(&file).unwrap();
+    let oidc = cfg.oidc.expect("oidc settings");
+    assert_eq!(oidc.issuer, "https://login.example.com");
+    assert_eq!(oidc.resolve_secret().unwrap().as_deref(), Some("s3cret"));
+    assert_eq!(oidc.allowed_groups, vec!["engineering"]);
+    assert!(oidc.email_verified_required);
+    let p = OidcProvider::new(oidc, "https://ctrl.example.com").unwrap();
+    assert_eq!(p.redirect_uri(), "https://ctrl.example.com/oidc/callback");
+
+    std::fs::write(
+        &path,
+        "[oidc]\nissuer = \"https://x\"\nclient_id = \"w\"\nbogus = 1\n",
+    )
+    .unwrap();
+    assert!(weft_control::FileConfig::load(&path).is_err());
+}
