@@ -151,3 +151,67 @@ fn admin_commands_without_a_server_fail_with_a_hint() {
     assert!(!ok);
     assert!(err.contains("is `weft server --data-dir"), "{err}");
 }
+
+#[test]
+fn server_with_a_certificate_serves_key_and_ts2021_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.path().join("c.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("k.pem"), ck.key_pair.serialize_pem()).unwrap();
+    let out = dir.path().join("server.out");
+    let mut server = Server {
+        child: Command::new(WEFT)
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-listen",
+                "127.0.0.1:0",
+                "--no-derp",
+            ])
+            .arg("--tls-cert")
+            .arg(dir.path().join("c.pem"))
+            .arg("--tls-key")
+            .arg(dir.path().join("k.pem"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        url: String::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.url.is_empty() {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        if text.contains("http://") {
+            if let Some(u) = text.split_whitespace().find(|w| w.starts_with("https://")) {
+                server.url = u.to_string();
+            }
+        }
+        assert!(Instant::now() < deadline, "server did not start: {text}");
+        std::thread::yield_now();
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let key = weft_ts2021::fetch_server_key(&server.url, 130)
+            .await
+            .unwrap();
+        let machine = weft_key::MachinePrivate::generate();
+        let client = weft_ts2021::dial(&server.url, &machine, key, 130)
+            .await
+            .unwrap();
+        let resp = client
+            .post_json("/machine/set-dns", &serde_json::json!({}))
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            404,
+            "unknown node key over HTTPS+Noise is refused, not a transport error"
+        );
+    });
+}

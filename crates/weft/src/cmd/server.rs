@@ -164,7 +164,12 @@ async fn start_embedded_derp(
     })
 }
 
-async fn serve_tls(addr: SocketAddr, cert: &Path, key: &Path, app: Router) -> anyhow::Result<()> {
+async fn serve_tls(
+    addr: SocketAddr,
+    cert: &Path,
+    key: &Path,
+    app: Router,
+) -> anyhow::Result<SocketAddr> {
     let ck = weft_derp::tls::CertKey::from_pem_files(cert, key)
         .context("loading the TLS certificate")?;
     let acceptor = tokio_rustls::TlsAcceptor::from(
@@ -173,7 +178,8 @@ async fn serve_tls(addr: SocketAddr, cert: &Path, key: &Path, app: Router) -> an
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the HTTPS listener {addr}"))?;
-    tracing::info!(%addr, "HTTPS listener running");
+    let bound = listener.local_addr()?;
+    tracing::info!(%bound, "HTTPS listener running");
     tokio::spawn(async move {
         loop {
             let Ok((tcp, remote)) = listener.accept().await else {
@@ -201,7 +207,7 @@ async fn serve_tls(addr: SocketAddr, cert: &Path, key: &Path, app: Router) -> an
             });
         }
     });
-    Ok(())
+    Ok(bound)
 }
 
 async fn shutdown_signal() {
@@ -300,7 +306,8 @@ pub(crate) async fn run(a: ServerArgs) -> anyhow::Result<()> {
             .tls_listen
             .or(file.tls_listen)
             .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 443)));
-        serve_tls(addr, cert, key, app.clone()).await?;
+        let bound = serve_tls(addr, cert, key, app.clone()).await?;
+        println!("weft server listening on https://{}", display_addr(bound));
     }
     let _housekeeping = control.spawn_housekeeping();
 
