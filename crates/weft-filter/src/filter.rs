@@ -509,6 +509,7 @@ impl PacketFilter {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests take a real `Instant` as their starting point
 mod tests {
     use super::*;
     use crate::packet::build;

@@ -1,5 +1,6 @@
 //! Benchmark: full compile of a 500-rule policy for 10,000 nodes, and the incremental update
 //! after one node changes. Run in release: `scripts/bench-policy.sh`.
+#![allow(clippy::disallowed_methods)] // a benchmark measures wall-clock time
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -122,7 +123,8 @@ fn main() {
     // Incremental: retag one tagged node, change one untagged node's user, add and remove a node.
     let mut inc = Vec::new();
     let mut touched = Vec::new();
-    let edits: Vec<Box<dyn Fn(&mut weft_policy::Compiled) -> weft_policy::Changes>> = vec![
+    type Edit = Box<dyn Fn(&mut weft_policy::Compiled) -> weft_policy::Changes>;
+    let edits: Vec<Edit> = vec![
         Box::new(|c| c.upsert_node(node(7, 1))),
         Box::new(|c| c.upsert_node(node(17, 3))),
         Box::new(|c| {

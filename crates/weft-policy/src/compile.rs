@@ -466,6 +466,7 @@ impl Compiled {
         let mut rebuild: BTreeSet<usize> = BTreeSet::new();
         rebuild.insert(slot);
         let mut done = Vec::new();
+        #[allow(clippy::needless_range_loop)] // several parallel per-rule vectors are indexed
         for ri in 0..self.rules.len() {
             let rule = &self.policy.rules[ri];
             let (in_src, in_dsts) = match &self.slots[slot] {

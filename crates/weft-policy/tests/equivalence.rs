@@ -16,7 +16,10 @@ use weft_policy::{Alias, AutoGroup, Compiled, Policy, Ports, Snapshot, SnapshotN
 const USERS: [&str; 3] = ["u0@example.com", "u1@example.com", "u2@example.com"];
 const TAGS: [&str; 3] = ["tag:t0", "tag:t1", "tag:t2"];
 
-fn node_strategy() -> impl Strategy<Value = (Option<usize>, Vec<usize>, bool, Option<u8>, bool)> {
+/// (user or None for tagged, tags, in OIDC group g1, approved route, exit node)
+type NodeSpec = (Option<usize>, Vec<usize>, bool, Option<u8>, bool);
+
+fn node_strategy() -> impl Strategy<Value = NodeSpec> {
     (
         prop::option::of(0..3usize),            // user (None -> tagged)
         prop::collection::vec(0..3usize, 1..3), // tags if tagged
@@ -26,7 +29,7 @@ fn node_strategy() -> impl Strategy<Value = (Option<usize>, Vec<usize>, bool, Op
     )
 }
 
-fn build_snapshot(specs: &[(Option<usize>, Vec<usize>, bool, Option<u8>, bool)]) -> Snapshot {
+fn build_snapshot(specs: &[NodeSpec]) -> Snapshot {
     let mut snap = Snapshot::default();
     for (i, (user, tags, in_g1, route, exit)) in specs.iter().enumerate() {
         let n = i as u8 + 1;
