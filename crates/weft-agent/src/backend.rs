@@ -47,6 +47,21 @@ pub(crate) struct Backend {
 
 type CtlMsg = (u64, ControlEvent);
 
+/// Aborts a task when dropped (so aborting the owner stops the child too).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop_control();
+    }
+}
+
 impl Backend {
     pub(crate) async fn run(mut self, mut api: mpsc::Receiver<ApiCommand>) {
         let (ctl_tx, mut ctl_rx) = mpsc::channel::<CtlMsg>(64);
@@ -381,13 +396,12 @@ impl Backend {
         let fwd = ctl_tx.clone();
         let inputs = self.lite.subscribe();
         let task = tokio::spawn(async move {
-            let client = tokio::spawn(control::run(params, inputs, tx));
+            let _client = AbortOnDrop(tokio::spawn(control::run(params, inputs, tx)));
             while let Some(ev) = rx.recv().await {
                 if fwd.send((gen, ev)).await.is_err() {
                     break;
                 }
             }
-            client.abort();
         });
         self.control = Some(task);
     }

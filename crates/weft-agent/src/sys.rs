@@ -21,8 +21,15 @@ pub const DEFAULT_MTU: u16 = 1280;
 pub struct Tun {
     name: String,
     addrs: Vec<IpNet>,
-    _reader: tokio::task::JoinHandle<()>,
-    _writer: tokio::task::JoinHandle<()>,
+    reader: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Tun {
+    fn drop(&mut self) {
+        self.reader.abort();
+        self.writer.abort();
+    }
 }
 
 impl std::fmt::Debug for Tun {
@@ -71,8 +78,8 @@ impl Tun {
         let tun = Tun {
             name: name.to_owned(),
             addrs: Vec::new(),
-            _reader: reader,
-            _writer: writer,
+            reader,
+            writer,
         };
         Ok((
             tun,

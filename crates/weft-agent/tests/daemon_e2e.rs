@@ -126,6 +126,7 @@ fn checksum(b: &[u8]) -> u16 {
 
 struct Tailnet {
     control: Control,
+    user: weft_store::UserId,
     url: String,
     key: String,
     _dir: tempfile::TempDir,
@@ -196,6 +197,7 @@ async fn tailnet() -> Tailnet {
         .unwrap();
     Tailnet {
         control,
+        user: user.id,
         url,
         key,
         _dir: dir,
@@ -377,4 +379,83 @@ async fn inbound_filter_drops_what_the_policy_forbids_and_passes_what_it_allows(
     while let Ok(p) = b.from_peers.try_recv() {
         assert_ne!(p, forbidden, "a forbidden datagram reached bravo's TUN");
     }
+}
+
+async fn launch(dir: &std::path::Path) -> (Daemon, LocalClient) {
+    let socket = dir.join("weftd.sock");
+    let d = Daemon::start(DaemonConfig {
+        state_dir: dir.join("state"),
+        socket: socket.clone(),
+        tun: TunMode::None,
+        bind: "127.0.0.1:0".parse().unwrap(),
+        local_ips: vec![],
+    })
+    .await
+    .unwrap();
+    (d, LocalClient::new(&socket))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_up_restart_logout_and_interactive_login_move_through_the_states() {
+    let t = tailnet().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (d, c) = launch(dir.path()).await;
+    assert_eq!(
+        c.status(None).await.unwrap().backend_state,
+        BackendState::NoState
+    );
+    let err = c.up(&UpRequest::default()).await.unwrap_err();
+    assert!(err.to_string().contains("--login-server"), "{err}");
+
+    c.up(&UpRequest {
+        login_server: t.url.clone(),
+        auth_key: t.key.clone(),
+        hostname: "solo".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let running = wait_status(&c, "Running", |s| s.backend_state == BackendState::Running).await;
+    let ips = running.tailscale_ips.clone();
+    assert_eq!(ips.len(), 2);
+
+    c.down().await.unwrap();
+    wait_status(&c, "Stopped", |s| s.backend_state == BackendState::Stopped).await;
+    c.up(&UpRequest::default()).await.unwrap();
+    wait_status(&c, "Running again after down", |s| {
+        s.backend_state == BackendState::Running
+    })
+    .await;
+
+    // A restart re-presents the persisted node key: Running again without `up`, same IPs.
+    drop(d);
+    let (d, c) = launch(dir.path()).await;
+    let again = wait_status(&c, "Running after restart", |s| {
+        s.backend_state == BackendState::Running
+    })
+    .await;
+    assert_eq!(again.tailscale_ips, ips);
+
+    c.logout().await.unwrap();
+    let out = wait_status(&c, "NeedsLogin after logout", |s| {
+        s.backend_state == BackendState::NeedsLogin
+    })
+    .await;
+    assert!(out.tailscale_ips.is_empty());
+
+    // Without a key, login is interactive: an AuthURL, then Running once it is approved.
+    c.up(&UpRequest::default()).await.unwrap();
+    let pending = wait_status(&c, "an AuthURL", |s| !s.auth_url.is_empty()).await;
+    assert_eq!(pending.backend_state, BackendState::NeedsLogin);
+    let auth_id = pending.auth_url.rsplit('/').next().unwrap().to_owned();
+    t.control
+        .complete_auth_session(&auth_id, t.user)
+        .await
+        .unwrap();
+    let done = wait_status(&c, "Running after interactive login", |s| {
+        s.backend_state == BackendState::Running
+    })
+    .await;
+    assert!(done.auth_url.is_empty());
+    drop(d);
 }
