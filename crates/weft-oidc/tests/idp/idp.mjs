@@ -8,7 +8,8 @@
 //   IDP_CLIENT_ID     default "weft";  IDP_CLIENT_SECRET default "weft-test-secret"
 //
 // Prints "ISSUER <url>" on stdout once it accepts connections. Exits when stdin closes, so
-// it never outlives the test that started it.
+// it never outlives the test that started it (IDP_WATCH_STDIN=0 turns that off, for a
+// supervisor that starts it with stdin closed and kills it itself).
 
 import http from 'node:http';
 import crypto from 'node:crypto';
@@ -165,6 +166,8 @@ server.on('request', async (req, res) => {
   }
 });
 
-process.stdin.on('end', () => process.exit(0));
-process.stdin.resume();
+if (process.env.IDP_WATCH_STDIN !== '0') {
+  process.stdin.on('end', () => process.exit(0));
+  process.stdin.resume();
+}
 process.stdout.write(`ISSUER ${issuer}\n`);
