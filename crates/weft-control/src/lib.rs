@@ -187,6 +187,26 @@ impl Control {
         });
     }
 
+    /// Replaces the policy and resyncs only the given nodes' streams (their filter or
+    /// visible peers changed); `None` resyncs every stream.
+    pub fn apply_policy(
+        &self,
+        policy: Arc<dyn weft_mapper::PolicyView>,
+        resync: Option<Vec<weft_tailcfg::NodeId>>,
+    ) {
+        let now = self.now();
+        self.inner.hub.apply(now, |snap| {
+            snap.policy = policy;
+            match resync {
+                None => vec![weft_mapper::Change::Everything],
+                Some(ids) => ids
+                    .into_iter()
+                    .map(weft_mapper::Change::NodeResync)
+                    .collect(),
+            }
+        });
+    }
+
     /// The router inside the Noise tunnel.
     pub fn noise_router(&self) -> Router {
         machine::router(self.clone())

@@ -56,6 +56,8 @@ pub enum Change {
     NodeRemoved(NodeId),
     /// Policy, DNS, DERP map or users changed: every stream gets a full resync.
     Everything,
+    /// This node's filter or visible peers changed: its stream gets a full resync.
+    NodeResync(NodeId),
 }
 
 /// What one map stream has been told.
@@ -86,6 +88,7 @@ pub struct Delta {
     patched: BTreeMap<NodeId, PatchFields>,
     removed: BTreeSet<NodeId>,
     patches: BTreeMap<NodeId, PeerChange>,
+    resync: BTreeSet<NodeId>,
 }
 
 impl Delta {
@@ -98,6 +101,7 @@ impl Delta {
             patched: BTreeMap::new(),
             removed: BTreeSet::new(),
             patches: BTreeMap::new(),
+            resync: BTreeSet::new(),
         };
         let mut updated_ids = BTreeSet::new();
         for c in changes {
@@ -112,6 +116,9 @@ impl Delta {
                 }
                 Change::NodeRemoved(id) => {
                     d.removed.insert(id);
+                }
+                Change::NodeResync(id) => {
+                    d.resync.insert(id);
                 }
             }
         }
@@ -181,6 +188,7 @@ impl Delta {
             && self.updated.is_empty()
             && self.removed.is_empty()
             && self.patches.is_empty()
+            && self.resync.is_empty()
             && !self.patched.values().any(|f| f.concerns_self())
     }
 
@@ -188,7 +196,7 @@ impl Delta {
     /// A session whose own node vanished gets `None`; the caller should end its stream.
     pub fn for_session(&self, snap: &Snapshot, session: &mut MapSession) -> Option<MapResponse> {
         let me = snap.nodes.get(&session.node)?;
-        if self.everything || self.updated.contains_key(&me.id) {
+        if self.everything || self.updated.contains_key(&me.id) || self.resync.contains(&me.id) {
             return Some(resync(snap, me, session, self.now, false));
         }
         let mut resp = MapResponse::default();

@@ -314,3 +314,17 @@ fn expired_peer_is_marked_expired() {
     let (m, _) = full_map(&s, 1, NOW).unwrap();
     assert!(m.peers[0].expired);
 }
+
+#[test]
+fn node_resync_resends_only_that_nodes_map() {
+    let s = snapshot(3);
+    let (_, mut s1) = full_map(&s, 1, NOW).unwrap();
+    let (_, mut s2) = full_map(&s, 2, NOW).unwrap();
+    let d = Delta::prepare(&s, &[Change::NodeResync(2)], NOW);
+    assert!(!d.is_empty());
+    assert_eq!(d.for_session(&s, &mut s1), None);
+    let m = d.for_session(&s, &mut s2).unwrap();
+    assert!(m.node.is_some());
+    assert_eq!(m.peers.len(), 2);
+    assert!(m.packet_filter.is_some());
+}
