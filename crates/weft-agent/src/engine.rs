@@ -135,6 +135,7 @@ impl Engine {
             tun,
             derp: BTreeMap::new(),
             derp_tx,
+            next_derp_id: 0,
             derp_retry: None,
             pings: Vec::new(),
             netchecks: Vec::new(),
@@ -153,12 +154,13 @@ impl Engine {
 
 #[derive(Debug)]
 enum DerpIn {
-    Connected(RegionId, DerpSender),
+    Connected(u64, RegionId, DerpSender),
     Packet(RegionId, NodePublic, Bytes),
-    Closed(RegionId, String),
+    Closed(u64, RegionId, String),
 }
 
 struct DerpConn {
+    id: u64,
     sender: Option<DerpSender>,
     queue: VecDeque<(NodePublic, Bytes)>,
     task: tokio::task::JoinHandle<()>,
@@ -190,6 +192,7 @@ struct Driver {
     tun: TunChannels,
     derp: BTreeMap<RegionId, DerpConn>,
     derp_tx: mpsc::Sender<DerpIn>,
+    next_derp_id: u64,
     derp_retry: Option<Instant>,
     pings: Vec<(NodePublic, PingReply)>,
     netchecks: Vec<oneshot::Sender<NetReport>>,
@@ -259,9 +262,9 @@ impl Driver {
 
     fn on_derp(&mut self, d: DerpIn) {
         match d {
-            DerpIn::Connected(region, sender) => {
+            DerpIn::Connected(id, region, sender) => {
                 tracing::info!(region, "DERP connected");
-                if let Some(c) = self.derp.get_mut(&region) {
+                if let Some(c) = self.derp.get_mut(&region).filter(|c| c.id == id) {
                     for (dst, p) in c.queue.drain(..) {
                         let _ = sender.try_send(dst, p);
                     }
@@ -276,7 +279,10 @@ impl Driver {
                     tracing::trace!(region, src = %src.short(), %e, "dropping DERP packet");
                 }
             }
-            DerpIn::Closed(region, why) => {
+            DerpIn::Closed(id, region, why) => {
+                if self.derp.get(&region).is_none_or(|c| c.id != id) {
+                    return;
+                }
                 tracing::info!(region, %why, "DERP connection closed");
                 self.derp.remove(&region);
                 if self.ms.as_ref().and_then(Magicsock::home_derp) == Some(region) {
@@ -496,10 +502,13 @@ impl Driver {
             return;
         };
         let tx = self.derp_tx.clone();
-        let task = tokio::spawn(derp_task(region, url, node, opts, tx));
+        self.next_derp_id += 1;
+        let id = self.next_derp_id;
+        let task = tokio::spawn(derp_task(id, region, url, node, opts, tx));
         self.derp.insert(
             region,
             DerpConn {
+                id,
                 sender: None,
                 queue: VecDeque::new(),
                 task,
@@ -544,6 +553,7 @@ impl Driver {
 }
 
 async fn derp_task(
+    id: u64,
     region: RegionId,
     url: String,
     node: NodePrivate,
@@ -554,13 +564,13 @@ async fn derp_task(
         Ok(c) => c,
         Err(e) => {
             let _ = tx
-                .send(DerpIn::Closed(region, format!("connect {url}: {e}")))
+                .send(DerpIn::Closed(id, region, format!("connect {url}: {e}")))
                 .await;
             return;
         }
     };
     if tx
-        .send(DerpIn::Connected(region, client.sender()))
+        .send(DerpIn::Connected(id, region, client.sender()))
         .await
         .is_err()
     {
@@ -574,7 +584,7 @@ async fn derp_task(
                 }
             }
             Err(e) => {
-                let _ = tx.send(DerpIn::Closed(region, e.to_string())).await;
+                let _ = tx.send(DerpIn::Closed(id, region, e.to_string())).await;
                 return;
             }
         }
