@@ -114,20 +114,29 @@ async fn bench() {
         small / pkt as f64
     );
     println!();
-    println!(
-        "| client pairs | delivered packets/s | delivered MB/s | sent packets/s | relay drops |"
-    );
-    println!("|---|---|---|---|---|");
+    let window = env_num("BENCH_WINDOW", 256);
+    println!("window = packets in flight per sender: clamp(4 x {window} / pairs, 32, {window}); unpaced = send as fast as possible");
+    println!("| client pairs | sender pacing | delivered packets/s | delivered MB/s | sent packets/s | lost |");
+    println!("|---|---|---|---|---|---|");
     for pairs in [1usize, 10, 100] {
-        let relay = RelayChild::start();
-        let r = relay_run(relay.addr, pairs, pkt, dur).await;
-        println!(
-            "| {pairs} | {:.0} | {:.1} | {:.0} | {:.1}% |",
-            r.delivered as f64 / r.secs,
-            r.delivered as f64 * pkt as f64 / r.secs / 1e6,
-            r.sent as f64 / r.secs,
-            100.0 * (r.sent.saturating_sub(r.delivered)) as f64 / r.sent.max(1) as f64,
-        );
+        // The same total number of packets in flight whatever the pair count.
+        let per_pair = (window * 4 / pairs as u64).clamp(32, window);
+        for w in [per_pair, 0] {
+            let relay = RelayChild::start();
+            let r = relay_run(relay.addr, pairs, pkt, dur, w).await;
+            println!(
+                "| {pairs} | {} | {:.0} | {:.1} | {:.0} | {:.1}% |",
+                if w == 0 {
+                    "unpaced".to_string()
+                } else {
+                    format!("window {w}")
+                },
+                r.delivered as f64 / r.secs,
+                r.delivered as f64 * pkt as f64 / r.secs / 1e6,
+                r.sent as f64 / r.secs,
+                100.0 * (r.sent.saturating_sub(r.delivered)) as f64 / r.sent.max(1) as f64,
+            );
+        }
     }
     println!();
     let relay = RelayChild::start();
@@ -189,7 +198,16 @@ struct RelayResult {
     secs: f64,
 }
 
-async fn relay_run(addr: SocketAddr, pairs: usize, pkt: usize, dur: Duration) -> RelayResult {
+/// `window` = 0: senders blast unpaced. Otherwise each sender keeps at most
+/// `window` packets in flight toward its receiver (a lost packet frees its
+/// slot after 500 ms without progress), which measures what the relay sustains without drops.
+async fn relay_run(
+    addr: SocketAddr,
+    pairs: usize,
+    pkt: usize,
+    dur: Duration,
+    window: u64,
+) -> RelayResult {
     let url = format!("http://{addr}/derp");
     let mut senders = Vec::new();
     let mut receivers: Vec<DerpClient> = Vec::new();
@@ -211,10 +229,15 @@ async fn relay_run(addr: SocketAddr, pairs: usize, pkt: usize, dur: Duration) ->
     let counting = Arc::new(AtomicBool::new(false));
     let dst_keys: Vec<_> = receivers.iter().map(DerpClient::public_key).collect();
     let mut tasks = Vec::new();
+    let mut credits = Vec::new();
     for mut r in receivers {
         let (d, c) = (delivered.clone(), counting.clone());
+        let credit = Arc::new((AtomicU64::new(0), tokio::sync::Notify::new()));
+        credits.push(credit.clone());
         tasks.push(tokio::spawn(async move {
             while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), r.recv()).await {
+                credit.0.fetch_add(1, Ordering::Relaxed);
+                credit.1.notify_one();
                 if c.load(Ordering::Relaxed) {
                     d.fetch_add(1, Ordering::Relaxed);
                 }
@@ -223,7 +246,7 @@ async fn relay_run(addr: SocketAddr, pairs: usize, pkt: usize, dur: Duration) ->
     }
     let payload = Bytes::from(vec![0x42u8; pkt]);
     let mut send_tasks = Vec::new();
-    for (s, dst) in senders.into_iter().zip(dst_keys) {
+    for ((s, dst), credit) in senders.into_iter().zip(dst_keys).zip(credits) {
         let (st, sn, c, p) = (
             stop.clone(),
             sent.clone(),
@@ -231,10 +254,22 @@ async fn relay_run(addr: SocketAddr, pairs: usize, pkt: usize, dur: Duration) ->
             payload.clone(),
         );
         send_tasks.push(tokio::spawn(async move {
+            let mut mine = 0u64;
             while !st.load(Ordering::Relaxed) {
+                if window > 0 && mine.saturating_sub(credit.0.load(Ordering::Relaxed)) >= window {
+                    if tokio::time::timeout(Duration::from_millis(500), credit.1.notified())
+                        .await
+                        .is_err()
+                    {
+                        // Whatever is still outstanding was dropped.
+                        mine = credit.0.load(Ordering::Relaxed);
+                    }
+                    continue;
+                }
                 if s.send(dst, p.clone()).await.is_err() {
                     return;
                 }
+                mine += 1;
                 if c.load(Ordering::Relaxed) {
                     sn.fetch_add(1, Ordering::Relaxed);
                 }
