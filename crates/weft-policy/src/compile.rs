@@ -5,6 +5,7 @@
 use crate::ipset::IpSet;
 use crate::policy::{Alias, AutoGroup, Policy, Ports, Protos, Rule};
 use ipnet::IpNet;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
@@ -746,7 +747,7 @@ impl Compiled {
                         }
                         for ip in self.target_ips(&t.alias, f) {
                             for p in ports {
-                                dsts.push(npr(ip, *p));
+                                dsts.push(npr(&ip, *p));
                             }
                         }
                     }
@@ -768,7 +769,7 @@ impl Compiled {
                         let mut dsts = Vec::new();
                         for ip in &f.addr_strings {
                             for p in ports {
-                                dsts.push(npr(ip, *p));
+                                dsts.push(npr(&ip, *p));
                             }
                         }
                         push_merged(&mut out, &srcs, dsts, &ip_proto);
@@ -797,18 +798,20 @@ impl Compiled {
         v
     }
 
-    fn target_ips<'a>(
-        &'a self,
-        alias: &'a Alias,
-        f: &'a Facts,
-    ) -> Box<dyn Iterator<Item = &'a str> + 'a> {
+    fn target_ips<'a>(&'a self, alias: &'a Alias, f: &'a Facts) -> Vec<Cow<'a, str>> {
         match alias {
-            Alias::Wildcard => Box::new(std::iter::once("*")),
-            Alias::Host(_, n) | Alias::Prefix(n) => Box::new(std::iter::once(net_str(n))),
-            Alias::AutoGroup(AutoGroup::Internet) => {
-                Box::new(self.internet_strings.iter().map(String::as_str))
-            }
-            _ => Box::new(f.addr_strings.iter().map(String::as_str)),
+            Alias::Wildcard => vec![Cow::Borrowed("*")],
+            Alias::Host(_, n) | Alias::Prefix(n) => vec![Cow::Owned(net_string(n))],
+            Alias::AutoGroup(AutoGroup::Internet) => self
+                .internet_strings
+                .iter()
+                .map(|s| Cow::Borrowed(s.as_str()))
+                .collect(),
+            _ => f
+                .addr_strings
+                .iter()
+                .map(|s| Cow::Borrowed(s.as_str()))
+                .collect(),
         }
     }
 
@@ -845,20 +848,13 @@ impl Compiled {
     }
 }
 
-fn net_str(n: &IpNet) -> &'static str {
-    // Leaked once per distinct prefix: hosts and prefixes come from the policy text, so the
-    // set is small and bounded by the policies ever compiled in this process.
-    static CACHE: OnceLock<std::sync::Mutex<BTreeMap<IpNet, &'static str>>> = OnceLock::new();
-    let m = CACHE.get_or_init(Default::default);
-    let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
-    g.entry(*n).or_insert_with(|| {
-        let s = if n.prefix_len() == n.max_prefix_len() {
-            n.addr().to_string()
-        } else {
-            n.to_string()
-        };
-        Box::leak(s.into_boxed_str())
-    })
+/// A prefix as Tailscale writes a destination: a bare address for a single IP.
+fn net_string(n: &IpNet) -> String {
+    if n.prefix_len() == n.max_prefix_len() {
+        n.addr().to_string()
+    } else {
+        n.to_string()
+    }
 }
 
 fn npr(ip: &str, p: Ports) -> NetPortRange {
