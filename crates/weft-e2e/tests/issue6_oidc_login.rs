@@ -35,6 +35,12 @@ fn idp_dir() -> PathBuf {
 
 fn login(h: &Harness) -> Result<()> {
     if !idp_dir().join("node_modules/oidc-provider").is_dir() {
+        // Installs the pinned provider from the npm registry (no-op when present).
+        let _ = std::process::Command::new("bash")
+            .arg(workspace_root().join("scripts/setup-oidc-idp.sh"))
+            .status();
+    }
+    if !idp_dir().join("node_modules/oidc-provider").is_dir() {
         return Err(Error::Check(
             "the test IdP is not installed: run scripts/setup-oidc-idp.sh".into(),
         ));

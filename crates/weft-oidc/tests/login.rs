@@ -4,8 +4,9 @@
 //! ts2021, with the login driven like a person in a browser: an HTTP
 //! client with a cookie jar that follows redirects and submits the provider's forms.
 //!
-//! Needs `node` and `scripts/setup-oidc-idp.sh` to have run. Without them the tests print
-//! SKIP, except with `CI` set, where they fail.
+//! Needs `node` and the provider installed by `scripts/setup-oidc-idp.sh` (run here once if
+//! npm is available and it is missing). Without them the tests print SKIP, except with `CI`
+//! set, where they fail.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -30,14 +31,42 @@ fn idp_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/idp")
 }
 
-/// Whether the provider can run here; panics under CI when it cannot.
-fn idp_available() -> bool {
-    let has_node = std::process::Command::new("node")
+fn has_program(name: &str) -> bool {
+    std::process::Command::new(name)
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs the provider with `scripts/setup-oidc-idp.sh` (npm ci of the pinned lock file)
+/// if node and npm are there but it is not installed yet; once per test binary.
+fn install_idp_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if idp_dir().join("node_modules/oidc-provider").is_dir() || !has_program("npm") {
+            return;
+        }
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/setup-oidc-idp.sh");
+        let ok = std::process::Command::new("bash")
+            .arg(script)
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("scripts/setup-oidc-idp.sh failed");
+        }
+    });
+}
+
+/// Whether the provider can run here; panics under CI when it cannot.
+fn idp_available() -> bool {
+    let has_node = has_program("node");
+    if has_node {
+        install_idp_once();
+    }
     let installed = idp_dir().join("node_modules/oidc-provider").is_dir();
     if has_node && installed {
         return true;
