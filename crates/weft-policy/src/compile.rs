@@ -769,7 +769,7 @@ impl Compiled {
                         let mut dsts = Vec::new();
                         for ip in &f.addr_strings {
                             for p in ports {
-                                dsts.push(npr(&ip, *p));
+                                dsts.push(npr(ip, *p));
                             }
                         }
                         push_merged(&mut out, &srcs, dsts, &ip_proto);
