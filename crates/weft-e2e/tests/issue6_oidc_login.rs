@@ -4,7 +4,10 @@
 //! cookie jar, following redirects and submitting the provider's forms); the node then
 //! appears under the user's identity, with the provider's groups stored.
 //!
-//! Topology: segment 10.0.0.0/24 with the server (.2) and the client (.11) in their own
+//! A second test requires device approval: the logged-in client waits in NeedsMachineAuth
+//! until `weft nodes approve`, then `weft nodes expire` makes a peer drop it within a second.
+//!
+//! Topology: segment 10.0.0.0/24 with the server (.2) and the clients (.11, .12) in their own
 //! namespaces. The provider listens on 127.0.0.1 inside the server's namespace, and the
 //! "browser" runs there too. Run as root: `scripts/test.sh` (needs
 //! `scripts/setup-oidc-idp.sh` first).
@@ -34,78 +37,22 @@ fn idp_dir() -> PathBuf {
 }
 
 fn login(h: &Harness) -> Result<()> {
-    if !idp_dir().join("node_modules/oidc-provider").is_dir() {
-        // Installs the pinned provider from the npm registry (no-op when present).
-        let _ = std::process::Command::new("bash")
-            .arg(workspace_root().join("scripts/setup-oidc-idp.sh"))
-            .status();
-    }
-    if !idp_dir().join("node_modules/oidc-provider").is_dir() {
-        return Err(Error::Check(
-            "the test IdP is not installed: run scripts/setup-oidc-idp.sh".into(),
-        ));
-    }
     // Arrange: network, provider, server with [oidc].
+    install_idp()?;
     let public = Segment::new("pub", 24)?;
     let s_ns = Netns::new("srv")?;
     let a_ns = Netns::new("a")?;
     public.lan().attach(&s_ns, "eth0", SERVER.into())?;
     public.lan().attach(&a_ns, "eth0", [10, 0, 0, 11].into())?;
-
     let server_url = "http://10.0.0.2:8080";
-    let mut idp = h.spawn(
-        &s_ns,
-        "idp",
-        Path::new("/usr/bin/env"),
-        &[
-            "node".into(),
-            idp_dir().join("idp.mjs").display().to_string(),
-        ],
-        &[
-            (
-                "IDP_REDIRECT_URI".into(),
-                format!("{server_url}/oidc/callback"),
-            ),
-            ("IDP_PORT".into(), IDP_PORT.to_string()),
-            ("IDP_WATCH_STDIN".into(), "0".into()),
-        ],
-    )?;
-    idp.wait_log("ISSUER ", Duration::from_secs(30))?;
-    let issuer = format!("http://127.0.0.1:{IDP_PORT}");
-
-    let secret = h.dir().join("oidc-secret");
-    std::fs::write(&secret, "weft-test-secret\n").map_err(|e| Error::Check(e.to_string()))?;
-    let config = h.dir().join("weft.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[oidc]\nissuer = \"{issuer}\"\nclient_id = \"weft\"\nclient_secret_file = \"{}\"\n\
-             scopes = [\"openid\", \"profile\", \"email\", \"groups\"]\n\
-             allowed_domains = [\"example.com\"]\n",
-            secret.display()
-        ),
-    )
-    .map_err(|e| Error::Check(e.to_string()))?;
-    let config_s = config.display().to_string();
+    let mut idp = start_idp(h, &s_ns, server_url)?;
+    let config = write_config(h, "")?;
     let server =
-        WeftServer::start_with_args(h, &s_ns, SERVER.into(), 8080, &["--config", &config_s])?;
+        WeftServer::start_with_args(h, &s_ns, SERVER.into(), 8080, &["--config", &config])?;
 
     // Act: a client with no auth key starts and prints a login URL.
     let mut a = TsnetNode::start(h, &a_ns, TsnetConfig::new("alpha", server.url(), ""))?;
-    let prefix = format!("{server_url}/register/");
-    let auth_url = wait_for("the client to print its login URL", LOGIN_TIMEOUT, || {
-        let log = a.proc().log();
-        match log.find(&prefix) {
-            Some(i) => {
-                let url: String = log[i..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || ":/.-_".contains(*c))
-                    .collect();
-                Ok(url)
-            }
-            None => Err("no login URL yet".to_owned()),
-        }
-    })?;
+    let auth_url = wait_login_url(&mut a, server_url)?;
 
     // The person opens it and signs in at the provider.
     let page = browser_login(h, &s_ns, &auth_url, "alice@example.com", "alice-password")?;
@@ -209,4 +156,161 @@ fn absolute(base: &str, path: &str) -> String {
         .find('/')
         .map_or(base.len(), |i| i + after_scheme);
     format!("{}{}", &base[..origin_end], path)
+}
+
+#[test]
+#[ignore = "needs root + netns"]
+fn with_approval_required_a_logged_in_client_waits_for_approval_and_expire_drops_it_from_a_peer(
+) -> Result<()> {
+    let h = Harness::new("issue6_oidc_approval")?;
+    h.finish(approval_and_expiry(&h))
+}
+
+fn wait_log_after(
+    p: &mut weft_e2e::Proc,
+    from: usize,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> Result<String> {
+    wait_for(what, timeout, || {
+        let log = p.log();
+        let tail = log.get(from..).unwrap_or("");
+        tail.lines()
+            .find(|l| pred(l))
+            .map(str::to_owned)
+            .ok_or_else(|| "not yet".to_owned())
+    })
+}
+
+fn approval_and_expiry(h: &Harness) -> Result<()> {
+    install_idp()?;
+    let public = Segment::new("pub", 24)?;
+    let s_ns = Netns::new("srv")?;
+    let a_ns = Netns::new("a")?;
+    let b_ns = Netns::new("b")?;
+    public.lan().attach(&s_ns, "eth0", SERVER.into())?;
+    public.lan().attach(&a_ns, "eth0", [10, 0, 0, 11].into())?;
+    public.lan().attach(&b_ns, "eth0", [10, 0, 0, 12].into())?;
+    let server_url = "http://10.0.0.2:8080";
+    let mut idp = start_idp(h, &s_ns, server_url)?;
+    let config = write_config(h, "require_approval = true\n")?;
+    let server =
+        WeftServer::start_with_args(h, &s_ns, SERVER.into(), 8080, &["--config", &config])?;
+
+    // beta joins with a pre-approved key; alpha logs in at the provider and must wait.
+    server.create_user("ops")?;
+    let out = server.admin(&["authkeys", "create", "--user", "ops", "--pre-approved"])?;
+    let key = out
+        .split_whitespace()
+        .find(|w| w.starts_with("tskey-auth-"))
+        .ok_or_else(|| Error::Check(format!("no key in: {out}")))?
+        .to_owned();
+    let mut b = TsnetNode::start(h, &b_ns, TsnetConfig::new("beta", server.url(), &key))?;
+    b.wait_running(LOGIN_TIMEOUT)?;
+
+    let mut a = TsnetNode::start(h, &a_ns, TsnetConfig::new("alpha", server.url(), ""))?;
+    let auth_url = wait_login_url(&mut a, server_url)?;
+    let page = browser_login(h, &s_ns, &auth_url, "alice@example.com", "alice-password")?;
+    if !page.contains("waits for an administrator to approve it") {
+        return Err(Error::Check(format!("login page: {page}")));
+    }
+    a.proc().wait_log("NeedsMachineAuth", LOGIN_TIMEOUT)?;
+    let alpha = server.wait_node("alpha", LOGIN_TIMEOUT)?;
+    if alpha.raw["approved"] != false {
+        return Err(Error::Check(format!(
+            "alpha is approved already: {}",
+            alpha.raw
+        )));
+    }
+    let id = alpha.raw["id"].to_string();
+
+    // Approval: alpha comes up and both see each other.
+    server.admin(&["nodes", "approve", &id])?;
+    a.wait_running(LOGIN_TIMEOUT)?;
+    a.wait_peers(1, LOGIN_TIMEOUT)?;
+    b.wait_peers(1, LOGIN_TIMEOUT)?;
+
+    // Expiry: beta stops configuring alpha within a second.
+    let from = b.proc().log().len();
+    server.admin(&["nodes", "expire", &id])?;
+    let line = wait_log_after(
+        b.proc(),
+        from,
+        "beta to drop the expired alpha",
+        Duration::from_secs(1),
+        // tsnet's netmap code logs this when it drops an expired peer from its config.
+        |l| l.contains("clearing expired peer"),
+    )?;
+    eprintln!("beta after expire: {}", line.trim());
+    idp.check_alive()?;
+    Ok(())
+}
+
+fn install_idp() -> Result<()> {
+    if !idp_dir().join("node_modules/oidc-provider").is_dir() {
+        let _ = std::process::Command::new("bash")
+            .arg(workspace_root().join("scripts/setup-oidc-idp.sh"))
+            .status();
+    }
+    if !idp_dir().join("node_modules/oidc-provider").is_dir() {
+        return Err(Error::Check(
+            "the test IdP is not installed: run scripts/setup-oidc-idp.sh".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn start_idp(h: &Harness, ns: &Netns, server_url: &str) -> Result<weft_e2e::Proc> {
+    let mut idp = h.spawn(
+        ns,
+        "idp",
+        Path::new("/usr/bin/env"),
+        &[
+            "node".into(),
+            idp_dir().join("idp.mjs").display().to_string(),
+        ],
+        &[
+            (
+                "IDP_REDIRECT_URI".into(),
+                format!("{server_url}/oidc/callback"),
+            ),
+            ("IDP_PORT".into(), IDP_PORT.to_string()),
+            ("IDP_WATCH_STDIN".into(), "0".into()),
+        ],
+    )?;
+    idp.wait_log("ISSUER ", Duration::from_secs(30))?;
+    Ok(idp)
+}
+
+/// Writes `weft.toml` (`top` first, then the `[oidc]` table); returns its path.
+fn write_config(h: &Harness, top: &str) -> Result<String> {
+    let secret = h.dir().join("oidc-secret");
+    std::fs::write(&secret, "weft-test-secret\n").map_err(|e| Error::Check(e.to_string()))?;
+    let config = h.dir().join("weft.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{top}[oidc]\nissuer = \"http://127.0.0.1:{IDP_PORT}\"\nclient_id = \"weft\"\n\
+             client_secret_file = \"{}\"\nscopes = [\"openid\", \"profile\", \"email\", \"groups\"]\n\
+             allowed_domains = [\"example.com\"]\n",
+            secret.display()
+        ),
+    )
+    .map_err(|e| Error::Check(e.to_string()))?;
+    Ok(config.display().to_string())
+}
+
+fn wait_login_url(a: &mut TsnetNode, server_url: &str) -> Result<String> {
+    let prefix = format!("{server_url}/register/");
+    wait_for("the client to print its login URL", LOGIN_TIMEOUT, || {
+        let log = a.proc().log();
+        match log.find(&prefix) {
+            Some(i) => Ok(log[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || ":/.-_".contains(*c))
+                .collect::<String>()),
+            None => Err("no login URL yet".to_owned()),
+        }
+    })
 }
