@@ -221,6 +221,7 @@ impl DerpServer {
             return;
         }
         let fast_start = head.header("derp-fast-start") == Some("1");
+        debug!(%remote, fast_start, "derp upgrade");
         if !fast_start {
             let resp = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: DERP\r\nConnection: Upgrade\r\nDerp-Version: {PROTOCOL_VERSION}\r\nDerp-Public-Key: {}\r\n\r\n",
