@@ -341,6 +341,22 @@ impl Compiled {
         }
     }
 
+    /// Which nodes differ between `old` and `self` (e.g. the same tailnet compiled under the
+    /// previous and the new policy): filters and visible peers, node by node.
+    pub fn changes_since(&self, old: &Compiled) -> Changes {
+        let mut ch = Changes::default();
+        let ids: BTreeSet<NodeId> = self.node_ids().chain(old.node_ids()).collect();
+        for id in ids {
+            if self.filter_for(id) != old.filter_for(id) {
+                ch.filters_changed.insert(id);
+            }
+            if self.visible_peers(id) != old.visible_peers(id) {
+                ch.visibility_changed.insert(id);
+            }
+        }
+        ch
+    }
+
     /// The snapshot node with this id.
     pub fn node(&self, id: NodeId) -> Option<&SnapshotNode> {
         let &slot = self.index.get(&id)?;
