@@ -878,3 +878,84 @@ fn local_client_wins_over_mesh_route() {
         }]
     ));
 }
+
+#[derive(Debug, Clone)]
+enum Op {
+    Connect(u8),
+    Disconnect(usize),
+    Send { from: usize, dst: u8 },
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..4).prop_map(Op::Connect),
+        (0usize..8).prop_map(Op::Disconnect),
+        (0usize..8, 0u8..5).prop_map(|(from, dst)| Op::Send { from, dst }),
+    ]
+}
+
+proptest! {
+    /// Reference model: per key, connections in connect order and an active one
+    /// (newest on connect, last writer on frames, newest survivor on disconnect).
+    #[test]
+    fn server_core_matches_a_reference_model(ops in proptest::collection::vec(arb_op(), 1..60)) {
+        let now = Instant::now();
+        let mut s = ServerCore::new();
+        let mut next = 1u64;
+        let mut open: Vec<(ConnId, u8)> = Vec::new();
+        let mut model: std::collections::BTreeMap<u8, (Vec<ConnId>, ConnId)> = Default::default();
+        for op in ops {
+            match op {
+                Op::Connect(k) => {
+                    let c = ConnId(next);
+                    next += 1;
+                    s.handle_connect(c, key(k), conn_info(c.0 as u16));
+                    open.push((c, k));
+                    let e = model.entry(k).or_insert_with(|| (Vec::new(), c));
+                    e.0.push(c);
+                    e.1 = c;
+                    prop_assert!(drain(&mut s).is_empty(), "no watchers, no output");
+                }
+                Op::Disconnect(i) => {
+                    if open.is_empty() { continue; }
+                    let (c, k) = open.remove(i % open.len());
+                    s.handle_disconnect(c);
+                    let gone = {
+                        let e = model.get_mut(&k).unwrap();
+                        e.0.retain(|x| *x != c);
+                        if let Some(n) = e.0.last() { if e.1 == c { e.1 = *n; } }
+                        e.0.is_empty()
+                    };
+                    if gone { model.remove(&k); }
+                    for cmd in drain(&mut s) {
+                        let Command::Send { conn, frame: Frame::PeerGone { key: gk, reason: PeerGoneReason::Disconnected } } = cmd else {
+                            return Err(TestCaseError::fail(format!("unexpected {cmd:?}")));
+                        };
+                        prop_assert!(gone && gk == key(k));
+                        prop_assert!(open.iter().any(|(oc, _)| *oc == conn));
+                    }
+                }
+                Op::Send { from, dst } => {
+                    if open.is_empty() { continue; }
+                    let (c, k) = open[from % open.len()];
+                    s.handle_frame(c, Frame::SendPacket { dst: key(dst), packet: Bytes::from_static(b"p") }, now);
+                    // The sender becomes its key's active connection.
+                    model.get_mut(&k).unwrap().1 = c;
+                    let cmds = drain(&mut s);
+                    match model.get(&dst) {
+                        Some((_, active)) => prop_assert_eq!(cmds, vec![Command::Send {
+                            conn: *active,
+                            frame: Frame::RecvPacket { src: key(k), packet: Bytes::from_static(b"p") },
+                        }]),
+                        None => prop_assert!(cmds.is_empty()),
+                    }
+                }
+            }
+            for k in 0u8..5 {
+                prop_assert_eq!(s.is_connected(&key(k)), model.contains_key(&k));
+                prop_assert_eq!(s.active_conn(&key(k)), model.get(&k).map(|e| e.1));
+            }
+            prop_assert_eq!(s.stats().connections as usize, open.len());
+        }
+    }
+}
