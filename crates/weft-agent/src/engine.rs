@@ -141,6 +141,7 @@ impl Engine {
             netchecks: Vec::new(),
             status_tx,
             stats: Stats::default(),
+            buf: vec![0u8; MAX_DATAGRAM + 64],
         };
         let task = tokio::spawn(driver.run(cmd_rx, derp_rx));
         Ok(Engine {
@@ -198,6 +199,8 @@ struct Driver {
     netchecks: Vec<oneshot::Sender<NetReport>>,
     status_tx: watch::Sender<EngineStatus>,
     stats: Stats,
+    /// Scratch space for the allocation-free encrypt/decrypt fast paths.
+    buf: Vec<u8>,
 }
 
 impl Driver {
@@ -240,9 +243,27 @@ impl Driver {
 
     fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
         let Some(ms) = self.ms.as_mut() else { return };
-        if let Err(e) = ms.handle_datagram(self.local_addr, from, bytes, Instant::now()) {
-            self.stats.bad_datagrams += 1;
-            tracing::trace!(%from, %e, "dropping datagram");
+        let now = Instant::now();
+        match ms.decapsulate_direct(self.local_addr, from, bytes, now, &mut self.buf) {
+            Ok(Some(len)) => {
+                let p = &self.buf[..len];
+                match self.filter.check_inbound_bytes(p, now) {
+                    Verdict::Accept(_) => {
+                        if self.tun.to_tun.try_send(p.to_vec()).is_err() {
+                            self.stats.tun_send_errors += 1;
+                        }
+                    }
+                    Verdict::Drop(d) => {
+                        self.stats.filtered += 1;
+                        tracing::trace!(?d, "inbound packet dropped by filter");
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.stats.bad_datagrams += 1;
+                tracing::trace!(%from, %e, "dropping datagram");
+            }
         }
     }
 
@@ -255,8 +276,14 @@ impl Driver {
                 return;
             }
         }
-        if let Err(e) = ms.handle_ip_packet(pkt, now) {
-            tracing::trace!(%e, "cannot send packet from TUN");
+        match ms.encapsulate_direct(pkt, now, &mut self.buf) {
+            Ok(Some((addr, len))) => {
+                if let Err(e) = self.udp.try_send_to(&self.buf[..len], addr) {
+                    tracing::trace!(%addr, %e, "UDP send failed");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::trace!(%e, "cannot send packet from TUN"),
         }
     }
 
