@@ -18,6 +18,10 @@
 //! | POST | `/api/v1/nodes/{id}/key-expiry` | [`SetKeyExpiry`] → `NodeInfo` |
 //! | POST | `/api/v1/nodes/register` | [`RegisterNode`] → `NodeInfo` |
 //! | GET | `/api/v1/registrations` | → pending interactive logins |
+//! | GET | `/api/v1/policy` | → [`PolicyInfo`] with text (404 when none: allow all) |
+//! | POST | `/api/v1/policy` | [`PolicyText`] → [`PolicyInfo`] (refused: 400, previous stays) |
+//! | POST | `/api/v1/policy/check` | [`PolicyText`] → [`PolicyInfo`] (nothing applied) |
+//! | GET | `/api/v1/policy/history` | → `[PolicyInfo]` newest first, without text |
 //!
 //! Errors are `{"error": "..."}` with a 4xx/5xx status.
 
@@ -34,6 +38,8 @@ use weft_store::{NewPreauthKey, NewUser, NodeId, PreauthKeyId};
 use weft_tailcfg::Time;
 
 use crate::convert::{from_time, to_time};
+use crate::policy::policy_info;
+pub use crate::policy::PolicyInfo;
 use crate::{ApiError, Control};
 
 /// A user as the admin API shows it.
@@ -192,6 +198,17 @@ pub struct RegisterNode {
     pub key: String,
 }
 
+/// `POST /api/v1/policy` and `/api/v1/policy/check`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PolicyText {
+    /// The HuJSON policy text.
+    pub text: String,
+}
+
+/// Who is calling the admin API (recorded as policy author and audit actor).
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
 /// Builds the admin router.
 pub fn router(c: Control) -> Router {
     Router::new()
@@ -208,6 +225,9 @@ pub fn router(c: Control) -> Router {
         .route("/api/v1/nodes/{id}/approve", post(approve_node))
         .route("/api/v1/nodes/{id}/key-expiry", post(set_key_expiry))
         .route("/api/v1/registrations", get(list_registrations))
+        .route("/api/v1/policy", get(get_policy).post(set_policy))
+        .route("/api/v1/policy/check", post(check_policy))
+        .route("/api/v1/policy/history", get(policy_history))
         .route(
             "/api/v1/health",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
@@ -229,6 +249,8 @@ pub fn router_with_key(c: Control, key: String) -> Router {
                     .and_then(|v| v.strip_prefix("Bearer "))
                     .is_some_and(|v| constant_time_eq(v.as_bytes(), key.as_bytes()));
                 if ok {
+                    let mut req = req;
+                    req.extensions_mut().insert(Actor("api-key".into()));
                     next.run(req).await
                 } else {
                     ApiError::Unauthorized("missing or wrong admin API key".into()).into_response()
@@ -437,6 +459,14 @@ async fn create_key(
         .get_user_by_name(&req.user)
         .await
         .map_err(|_| ApiError::NotFound(format!("user {:?}", req.user)))?;
+    let login = crate::convert::user_info(&user).login_name;
+    if !c.may_use_tags(&login, &user.groups, &req.tags) {
+        return Err(ApiError::BadRequest(format!(
+            "user {:?} does not own tags {} (see tagOwners in the policy)",
+            user.name,
+            req.tags.join(", ")
+        )));
+    }
     let expiration = match req.expiration_secs {
         Some(0) => return Err(ApiError::BadRequest("expiration must be positive".into())),
         Some(s) => Some(from_time(c.now() + std::time::Duration::from_secs(s))),
@@ -625,4 +655,55 @@ async fn list_registrations(State(c): State<Control>) -> Result<Response, ApiErr
         })
         .collect();
     Ok((StatusCode::OK, Json(out)).into_response())
+}
+
+async fn get_policy(State(c): State<Control>) -> Result<Json<PolicyInfo>, ApiError> {
+    match c.current_policy().await? {
+        Some(rec) => {
+            let tests = weft_policy::Policy::parse(&rec.text)
+                .map(|p| p.tests().len())
+                .unwrap_or(0);
+            Ok(Json(policy_info(&rec, tests, true)))
+        }
+        None => Err(ApiError::NotFound(
+            "policy (none set: the tailnet allows all traffic)".into(),
+        )),
+    }
+}
+
+async fn set_policy(
+    State(c): State<Control>,
+    actor: Option<axum::Extension<Actor>>,
+    Json(req): Json<PolicyText>,
+) -> Result<Json<PolicyInfo>, ApiError> {
+    let author = actor.map(|a| a.0 .0).unwrap_or_else(|| "admin".into());
+    Ok(Json(c.set_policy_text(&req.text, &author).await?))
+}
+
+async fn check_policy(
+    State(c): State<Control>,
+    Json(req): Json<PolicyText>,
+) -> Result<Json<PolicyInfo>, ApiError> {
+    let p = c.check_policy(&req.text)?;
+    Ok(Json(PolicyInfo {
+        id: 0,
+        author: String::new(),
+        created: c.now(),
+        tests: p.tests().len(),
+        text: String::new(),
+    }))
+}
+
+async fn policy_history(State(c): State<Control>) -> Result<Json<Vec<PolicyInfo>>, ApiError> {
+    let recs = c.inner.store.policy_history(100).await?;
+    Ok(Json(
+        recs.iter()
+            .map(|r| {
+                let tests = weft_policy::Policy::parse(&r.text)
+                    .map(|p| p.tests().len())
+                    .unwrap_or(0);
+                policy_info(r, tests, false)
+            })
+            .collect(),
+    ))
 }

@@ -11,7 +11,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use weft_mapper::{Change, Delta, NodeState, PatchFields, Snapshot};
-use weft_tailcfg::{NodeId, Time};
+use weft_policy::{Compiled, Policy};
+use weft_tailcfg::{NodeId, Time, UserId};
+
+use crate::policy::{differing_nodes, policy_snapshot, CompiledView, Engine};
 
 /// One broadcast: the changes and the snapshot they lead to.
 #[derive(Debug)]
@@ -31,6 +34,10 @@ struct Inner {
     snap: Arc<Snapshot>,
     streams: BTreeMap<NodeId, StreamSlot>,
     next_generation: u64,
+    /// The active policy (`None`: allow all).
+    policy: Option<Engine>,
+    /// Identity-provider groups of each user (the policy's `user_groups`).
+    groups: BTreeMap<UserId, Vec<String>>,
 }
 
 /// Snapshot + broadcast.
@@ -59,6 +66,8 @@ impl Hub {
                 snap: Arc::new(snap),
                 streams: BTreeMap::new(),
                 next_generation: 1,
+                policy: None,
+                groups: BTreeMap::new(),
             }),
             tx,
         }
@@ -80,19 +89,97 @@ impl Hub {
 
     /// Mutates the snapshot with `f` (which returns the changes it made) and broadcasts.
     pub fn apply(&self, now: Time, f: impl FnOnce(&mut Snapshot) -> Vec<Change>) {
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         let snap = Arc::make_mut(&mut inner.snap);
-        let changes = f(snap);
+        let mut changes = f(snap);
         if changes.is_empty() {
             return;
         }
+        if let Some(engine) = inner.policy.as_mut() {
+            engine.follow(snap, &inner.groups, &mut changes);
+        }
+        self.broadcast(inner, &changes, now);
+    }
+
+    fn broadcast(&self, inner: &Inner, changes: &[Change], now: Time) {
         let snap = inner.snap.clone();
-        let delta = Delta::prepare(&snap, &changes, now);
+        let delta = Delta::prepare(&snap, changes, now);
         if delta.is_empty() {
             return;
         }
         // No receivers is fine: nobody is streaming.
         let _ = self.tx.send(Arc::new(Batch { delta, snap }));
+    }
+
+    /// The snapshot and every user's groups, taken together.
+    pub fn snapshot_and_groups(&self) -> (Arc<Snapshot>, BTreeMap<UserId, Vec<String>>) {
+        let inner = self.lock();
+        (inner.snap.clone(), inner.groups.clone())
+    }
+
+    /// The compiled policy in force (`None`: allow all).
+    pub fn compiled_policy(&self) -> Option<Arc<Compiled>> {
+        self.lock().policy.as_ref().map(|e| e.compiled.clone())
+    }
+
+    /// Records a user's identity-provider groups; nodes of the user are recompiled
+    /// (and resynced if their filter or visibility changed).
+    pub fn set_user_groups(&self, now: Time, user: UserId, groups: Vec<String>) {
+        {
+            let mut inner = self.lock();
+            if inner
+                .groups
+                .get(&user)
+                .map_or(groups.is_empty(), |g| *g == groups)
+            {
+                return;
+            }
+            inner.groups.insert(user, groups);
+        }
+        self.apply(now, |snap| {
+            snap.nodes
+                .values()
+                .filter(|n| n.user_id == user)
+                .map(|n| Change::NodeUpdated(n.id))
+                .collect()
+        });
+    }
+
+    /// Stops following node changes with the compiled policy (a caller installs its own
+    /// [`weft_mapper::PolicyView`] next).
+    pub fn forget_policy_engine(&self) {
+        self.lock().policy = None;
+    }
+
+    /// Compiles `policy` against the current snapshot and installs it (`None`: allow
+    /// all); only nodes whose filter or visible peers changed get a resync.
+    pub fn install_policy(&self, now: Time, policy: Option<Policy>) {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let old = inner.snap.policy.clone();
+        let (engine, view): (Option<Engine>, Arc<dyn weft_mapper::PolicyView>) = match policy {
+            None => (None, Arc::new(weft_mapper::AllowAll)),
+            Some(p) => {
+                let compiled = Arc::new(Compiled::new(
+                    Arc::new(p),
+                    &policy_snapshot(&inner.snap, &inner.groups),
+                ));
+                (
+                    Some(Engine {
+                        compiled: compiled.clone(),
+                    }),
+                    Arc::new(CompiledView(compiled)),
+                )
+            }
+        };
+        let changed = differing_nodes(&inner.snap, old.as_ref(), view.as_ref());
+        inner.policy = engine;
+        Arc::make_mut(&mut inner.snap).policy = view;
+        let changes: Vec<Change> = changed.into_iter().map(Change::NodeResync).collect();
+        if !changes.is_empty() {
+            self.broadcast(inner, &changes, now);
+        }
     }
 
     /// Inserts or replaces a node, keeping in-memory fields (online, cap) unless given.

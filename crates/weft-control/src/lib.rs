@@ -19,6 +19,7 @@ mod error;
 pub mod hub;
 mod login;
 mod machine;
+pub mod policy;
 mod poll;
 mod register;
 
@@ -117,8 +118,12 @@ impl Control {
             },
             ..Snapshot::default()
         };
+        let mut groups = Vec::new();
         for u in store.list_users().await? {
             snap.users.insert(u.id.0, convert::user_info(&u));
+            if !u.groups.is_empty() {
+                groups.push((u.id.0, u.groups.clone()));
+            }
         }
         for n in store.list_nodes().await? {
             snap.nodes.insert(n.id.0, convert::node_state(&n, false, 0));
@@ -131,12 +136,27 @@ impl Control {
             )?)),
             None => None,
         };
+        let stored_policy = match store.current_policy().await? {
+            Some(rec) => Some(weft_policy::Policy::parse(&rec.text).map_err(|e| {
+                ControlError::Corrupt(format!("stored policy version {} is invalid: {e}", rec.id))
+            })?),
+            None => None,
+        };
+        let hub = hub::Hub::new(snap);
+        let now = Time::from_system(SystemTime::now());
+        for (user, g) in groups {
+            hub.set_user_groups(now, user, g);
+        }
+        if stored_policy.is_some() {
+            tracing::info!("stored policy loaded");
+        }
+        hub.install_policy(now, stored_policy);
         Ok(Control {
             inner: Arc::new(Inner {
                 cfg,
                 store,
                 noise_key: Arc::new(noise_key),
-                hub: hub::Hub::new(snap),
+                hub,
                 write: tokio::sync::Mutex::new(()),
                 auth_waiters: Mutex::new(BTreeMap::new()),
                 clock: Box::new(SystemTime::now),
@@ -179,8 +199,10 @@ impl Control {
     }
 
     /// Replaces the visibility/filter policy and pushes new maps to every node.
+    /// This replaces any policy set with [`Control::set_policy_text`] until the next one.
     pub fn set_policy(&self, policy: Arc<dyn weft_mapper::PolicyView>) {
         let now = self.now();
+        self.inner.hub.forget_policy_engine();
         self.inner.hub.apply(now, |snap| {
             snap.policy = policy;
             vec![weft_mapper::Change::Everything]
@@ -195,6 +217,7 @@ impl Control {
         resync: Option<Vec<weft_tailcfg::NodeId>>,
     ) {
         let now = self.now();
+        self.inner.hub.forget_policy_engine();
         self.inner.hub.apply(now, |snap| {
             snap.policy = policy;
             match resync {
@@ -316,6 +339,9 @@ impl Control {
     /// Records a user change in the snapshot (after the store changed).
     pub(crate) fn refresh_user(&self, u: &weft_store::User) {
         let info = convert::user_info(u);
+        self.inner
+            .hub
+            .set_user_groups(self.now(), u.id.0, u.groups.clone());
         self.inner.hub.apply(self.now(), |snap| {
             if snap.users.get(&info.id) == Some(&info) {
                 return Vec::new();
