@@ -323,7 +323,12 @@ impl DerpServer {
             },
             random_bytes(),
         );
-        if wr.write_all(&server_info.to_bytes()).await.is_err() || wr.flush().await.is_err() {
+        let write_info = async {
+            wr.write_all(&server_info.to_bytes()).await?;
+            wr.flush().await
+        };
+        if !matches!(tokio::time::timeout(HANDSHAKE_TIMEOUT, write_info).await, Ok(Ok(()))) {
+            debug!(client = %key.short(), "could not write server info");
             return;
         }
 
