@@ -29,6 +29,8 @@ enum Command {
     Authkeys(cmd::admin::AuthkeysCmd),
     /// Manage nodes.
     Nodes(cmd::admin::NodesCmd),
+    /// Manage the tailnet policy (HuJSON ACLs); with none set, all traffic is allowed.
+    Policy(cmd::policy::PolicyCmd),
     /// Run a standalone DERP relay.
     Derp(weft_derp::DerpArgs),
     #[command(flatten)]
@@ -64,6 +66,7 @@ fn main() -> std::process::ExitCode {
             Command::Users(c) => cmd::admin::users(c).await,
             Command::Authkeys(c) => cmd::admin::authkeys(c).await,
             Command::Nodes(c) => cmd::admin::nodes(c).await,
+            Command::Policy(c) => cmd::policy::run(c).await,
             Command::Derp(a) => weft_derp::standalone::run(a.into())
                 .await
                 .map_err(anyhow::Error::from),

@@ -30,7 +30,12 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let body_bytes = body
             .map(|b| serde_json::to_vec(&b))
             .transpose()?

@@ -2,4 +2,5 @@
 
 pub(crate) mod admin;
 pub(crate) mod agent;
+pub(crate) mod policy;
 pub(crate) mod server;
