@@ -42,7 +42,7 @@ impl Node {
 struct Net {
     public: Segment,
     key: String,
-    _routers: Vec<NatRouter>,
+    routers: Vec<NatRouter>,
     server: WeftServer,
     _server_ns: Netns,
     a: Node,
@@ -98,7 +98,7 @@ fn build(h: &Harness, mapping: Mapping) -> Result<Net> {
     Ok(Net {
         public,
         key,
-        _routers: vec![ra, rb],
+        routers: vec![ra, rb],
         server,
         _server_ns: s_ns,
         a,
@@ -334,5 +334,65 @@ fn tsnet(h: &Harness) -> Result<()> {
     })?;
     assert_eq!(body.trim(), "hello from weft a");
     t.proc().check_alive()?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root + netns"]
+fn a_direct_path_that_dies_falls_back_to_derp() -> Result<()> {
+    let h = Harness::new("issue4_fallback")?;
+    h.finish(fallback(&h))
+}
+
+fn fallback(h: &Harness) -> Result<()> {
+    let net = build(h, Mapping::EndpointIndependent)?;
+    let b_ip = net.b.ipv4()?;
+    wait_for("a direct pong from b", WAIT, || {
+        net.a
+            .weft(&["ping", "--timeout", "2", &b_ip.to_string()])
+            .map_err(|e| e.to_string())
+    })?;
+    tcp_through_tunnel(h, &net, b_ip)?;
+
+    // Both NATs now drop UDP between the nodes (STUN to the server still passes).
+    for r in &net.routers {
+        r.drop_forwarded_udp_except(&[SERVER.into()])?;
+    }
+    let out = wait_for("a pong via DERP after the direct path died", WAIT, || {
+        let bin = weft_e2e::weft_binary().display().to_string();
+        let o = net
+            .a
+            .ns
+            .command(&bin)
+            .args([
+                "--socket",
+                &net.a.socket,
+                "ping",
+                "-c",
+                "1",
+                "--timeout",
+                "2",
+                &b_ip.to_string(),
+            ])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        if text.contains("via DERP(weft)") {
+            Ok(text)
+        } else {
+            Err(format!("stdout {text:?}"))
+        }
+    })?;
+    eprintln!("after the direct path died: {out}");
+    let status = wait_for("status without a direct path", WAIT, || {
+        let s = net.a.weft(&["status"]).map_err(|e| e.to_string())?;
+        if s.contains("active; direct") {
+            Err(s)
+        } else {
+            Ok(s)
+        }
+    })?;
+    eprintln!("{status}");
+    tcp_through_tunnel(h, &net, b_ip)?;
     Ok(())
 }
