@@ -1,0 +1,463 @@
+//! In-process tests of the tailnet policy in the coordination server: `policy set` refusals,
+//! packet filters and peer visibility pushed to open map streams without reconnecting.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::timeout;
+use weft_control::{decode_frame, Control, ControlConfig};
+use weft_key::{DiscoPrivate, MachinePrivate, NodePrivate, NodePublic};
+use weft_store::{NewPreauthKey, NewUser, Store};
+use weft_tailcfg::{
+    DerpMap, DerpNode, DerpRegion, Hostinfo, MapRequest, MapResponse, RegisterAuth,
+    RegisterRequest, RegisterResponse,
+};
+use weft_ts2021::Ts2021Client;
+
+const CAPVER: u16 = 130;
+const WAIT: Duration = Duration::from_secs(15);
+
+struct TestServer {
+    control: Control,
+    url: String,
+    store: Arc<dyn Store>,
+    _dir: tempfile::TempDir,
+}
+
+fn derp_map() -> DerpMap {
+    let mut m = DerpMap::default();
+    m.regions.insert(
+        900,
+        DerpRegion {
+            region_id: 900,
+            region_code: "weft".into(),
+            region_name: "weft".into(),
+            nodes: vec![DerpNode {
+                name: "900a".into(),
+                region_id: 900,
+                host_name: "127.0.0.1".into(),
+                ipv4: "127.0.0.1".into(),
+                stun_port: -1,
+                derp_port: 1,
+                insecure_for_tests: true,
+                ..DerpNode::default()
+            }],
+            ..DerpRegion::default()
+        },
+    );
+    m
+}
+
+async fn start_with(tweak: impl FnOnce(&mut ControlConfig)) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let store = weft_store::open(&weft_store::sqlite_url_for_dir(dir.path()))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut cfg = ControlConfig::new(&url);
+    cfg.derp_map = derp_map();
+    cfg.base_domain = "tailnet.test".into();
+    tweak(&mut cfg);
+    let control = Control::new(cfg, store.clone()).await.unwrap();
+    let app = control.public_router(None);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    TestServer {
+        control,
+        url,
+        store,
+        _dir: dir,
+    }
+}
+
+async fn start() -> TestServer {
+    start_with(|_| {}).await
+}
+
+impl TestServer {
+    async fn user(&self, name: &str) -> weft_store::User {
+        match self.store.get_user_by_name(name).await {
+            Ok(u) => u,
+            Err(_) => self
+                .store
+                .create_user(NewUser {
+                    name: name.into(),
+                    email: format!("{name}@example.com"),
+                    ..NewUser::default()
+                })
+                .await
+                .unwrap(),
+        }
+    }
+
+    async fn key(&self, user: &str, tweak: impl FnOnce(&mut NewPreauthKey)) -> String {
+        let u = self.user(user).await;
+        let mut k = NewPreauthKey {
+            user_id: u.id,
+            ..NewPreauthKey::default()
+        };
+        tweak(&mut k);
+        self.store.create_preauth_key(k).await.unwrap().1
+    }
+}
+
+struct Machine {
+    node: NodePrivate,
+    disco: DiscoPrivate,
+    client: Ts2021Client,
+    hostname: String,
+}
+
+impl Machine {
+    async fn connect(ts: &TestServer, hostname: &str) -> Machine {
+        let machine = MachinePrivate::generate();
+        let client = dial(ts, &machine).await;
+        Machine {
+            node: NodePrivate::generate(),
+            disco: DiscoPrivate::generate(),
+            client,
+            hostname: hostname.into(),
+        }
+    }
+
+    fn register_request(&self, auth_key: Option<&str>) -> RegisterRequest {
+        RegisterRequest {
+            version: CAPVER as i64,
+            node_key: self.node.public(),
+            auth: auth_key.map(|k| RegisterAuth {
+                auth_key: k.into(),
+                ..RegisterAuth::default()
+            }),
+            hostinfo: Some(Hostinfo::new().with_hostname(&self.hostname)),
+            ..RegisterRequest::default()
+        }
+    }
+
+    async fn register(&self, req: &RegisterRequest) -> RegisterResponse {
+        let resp = timeout(WAIT, self.client.post_json("/machine/register", req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = weft_ts2021::read_body(resp, 1 << 20).await.unwrap();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    fn map_request(&self, stream: bool) -> MapRequest {
+        MapRequest {
+            version: CAPVER as i64,
+            compress: "zstd".into(),
+            keep_alive: true,
+            node_key: self.node.public(),
+            disco_key: self.disco.public(),
+            stream,
+            hostinfo: Some(Hostinfo::new().with_hostname(&self.hostname)),
+            ..MapRequest::default()
+        }
+    }
+
+    async fn open_stream(&self) -> MapStream {
+        let resp = timeout(
+            WAIT,
+            self.client
+                .post_json("/machine/map", &self.map_request(true)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        MapStream {
+            body: resp.into_body(),
+            buf: Vec::new(),
+        }
+    }
+}
+
+async fn dial(ts: &TestServer, machine: &MachinePrivate) -> Ts2021Client {
+    let server = weft_ts2021::fetch_server_key(&ts.url, CAPVER)
+        .await
+        .unwrap();
+    assert_eq!(server, ts.control.noise_public());
+    weft_ts2021::dial(&ts.url, machine, server, CAPVER)
+        .await
+        .unwrap()
+}
+
+struct MapStream {
+    body: Incoming,
+    buf: Vec<u8>,
+}
+
+impl MapStream {
+    async fn next(&mut self) -> MapResponse {
+        timeout(WAIT, async {
+            loop {
+                if let Some((m, used)) = decode_frame(&self.buf, true).unwrap() {
+                    self.buf.drain(..used);
+                    return m;
+                }
+                let frame = self
+                    .body
+                    .frame()
+                    .await
+                    .expect("stream ended")
+                    .expect("stream error");
+                if let Ok(data) = frame.into_data() {
+                    self.buf.extend_from_slice(&data);
+                }
+            }
+        })
+        .await
+        .expect("no map frame in time")
+    }
+
+    /// Next message that is not a keep-alive and satisfies `pred`.
+    async fn next_matching(&mut self, pred: impl Fn(&MapResponse) -> bool) -> MapResponse {
+        loop {
+            let m = self.next().await;
+            if !m.keep_alive && pred(&m) {
+                return m;
+            }
+        }
+    }
+}
+
+async fn joined(ts: &TestServer, hostname: &str, key: &str) -> Machine {
+    let m = Machine::connect(ts, hostname).await;
+    let r = m.register(&m.register_request(Some(key))).await;
+    assert_eq!(r.error, "", "registration failed");
+    assert!(r.machine_authorized);
+    m
+}
+
+/// Alice reaches her own nodes on port 80 only; bob only his own nodes.
+const OWN_PORT_80: &str = r#"{
+  // users by login name
+  "tagOwners": {"tag:web": ["alice@example.com"]},
+  "acls": [
+    {"action": "accept", "src": ["alice@example.com"], "dst": ["alice@example.com:80"]},
+    {"action": "accept", "src": ["bob@example.com"], "dst": ["bob@example.com:*"]},
+  ],
+  "tests": [
+    {"src": "alice@example.com", "accept": ["alice@example.com:80"], "deny": ["alice@example.com:22", "bob@example.com:80"]},
+  ],
+}"#;
+
+fn ports_of(m: &MapResponse) -> Vec<(u16, u16)> {
+    m.packet_filter
+        .as_ref()
+        .expect("packet filter present")
+        .iter()
+        .flat_map(|r| r.dst_ports.iter().map(|d| (d.ports.first, d.ports.last)))
+        .collect()
+}
+
+fn allow_all_filter() -> Option<Vec<weft_tailcfg::FilterRule>> {
+    Some(vec![weft_tailcfg::FilterRule::allow_all()])
+}
+
+#[tokio::test]
+async fn a_syntax_error_is_refused_with_line_and_column_and_the_previous_policy_stays() {
+    let ts = start().await;
+    ts.user("alice").await;
+    let first = ts
+        .control
+        .set_policy_text(OWN_PORT_80, "admin")
+        .await
+        .expect("valid policy applies");
+    assert_eq!(first.author, "admin");
+    assert_eq!(first.tests, 1);
+
+    let bad = "{\n  \"acls\": [\n    {\"action\": \"accept\" \"src\": [\"*\"]},\n  ],\n}";
+    let err = ts
+        .control
+        .set_policy_text(bad, "admin")
+        .await
+        .expect_err("syntax error refused")
+        .to_string();
+    assert!(err.contains("line 3, column"), "{err}");
+    let cur = ts.store.current_policy().await.unwrap().unwrap();
+    assert_eq!(cur.text, OWN_PORT_80, "previous policy stays in force");
+    assert_eq!(ts.store.policy_history(10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_policy_whose_tests_fail_is_refused_naming_the_test_and_the_previous_stays() {
+    let ts = start().await;
+    ts.user("alice").await;
+    ts.control
+        .set_policy_text(OWN_PORT_80, "admin")
+        .await
+        .unwrap();
+    let failing = OWN_PORT_80.replace(
+        r#""deny": ["alice@example.com:22""#,
+        r#""deny": ["alice@example.com:80""#,
+    );
+    let err = ts
+        .control
+        .set_policy_text(&failing, "admin")
+        .await
+        .expect_err("failing tests refused")
+        .to_string();
+    assert!(
+        err.contains("test 0") && err.contains("alice@example.com:80"),
+        "{err}"
+    );
+    let cur = ts.store.current_policy().await.unwrap().unwrap();
+    assert_eq!(cur.text, OWN_PORT_80);
+    // check alone applies nothing
+    ts.control.check_policy(OWN_PORT_80).unwrap();
+    assert!(ts.control.check_policy(&failing).is_err());
+    assert_eq!(ts.store.policy_history(10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn policy_set_pushes_the_new_packet_filter_to_an_open_stream_within_a_second() {
+    let ts = start().await;
+    let key = ts.key("alice", |k| k.reusable = true).await;
+    let a = joined(&ts, "alpha", &key).await;
+    let _b = joined(&ts, "beta", &key).await;
+    let mut sa = a.open_stream().await;
+    let first = sa.next().await;
+    assert_eq!(
+        first.packet_filter,
+        allow_all_filter(),
+        "no policy: allow all"
+    );
+    assert_eq!(first.peers.len(), 1);
+
+    ts.control
+        .set_policy_text(OWN_PORT_80, "admin")
+        .await
+        .unwrap();
+    let m = timeout(
+        Duration::from_secs(1),
+        sa.next_matching(|m| m.packet_filter.is_some()),
+    )
+    .await
+    .expect("new filter within a second, same stream");
+    assert_eq!(ports_of(&m), vec![(80, 80), (80, 80)], "{m:?}");
+    assert_eq!(m.peers.len(), 1, "alice still sees her other node");
+
+    // A second change on the same stream: back to port 22 only.
+    let p22 = r#"{"acls": [{"action": "accept", "src": ["alice@example.com"], "dst": ["alice@example.com:22"]}]}"#;
+    ts.control.set_policy_text(p22, "admin").await.unwrap();
+    let m = timeout(
+        Duration::from_secs(1),
+        sa.next_matching(|m| m.packet_filter.is_some()),
+    )
+    .await
+    .expect("second change within a second");
+    assert_eq!(ports_of(&m), vec![(22, 22), (22, 22)], "{m:?}");
+}
+
+#[tokio::test]
+async fn a_node_that_may_not_talk_to_another_stops_seeing_it() {
+    let ts = start().await;
+    let ka = ts.key("alice", |_| {}).await;
+    let kb = ts.key("bob", |_| {}).await;
+    let a = joined(&ts, "alpha", &ka).await;
+    let b = joined(&ts, "beta", &kb).await;
+    let mut sa = a.open_stream().await;
+    let first = sa.next().await;
+    assert_eq!(first.peers.len(), 1, "allow all: alice sees bob's node");
+    assert_eq!(first.peers[0].key, b.node.public());
+
+    ts.control
+        .set_policy_text(OWN_PORT_80, "admin")
+        .await
+        .unwrap();
+    let m = timeout(
+        Duration::from_secs(1),
+        sa.next_matching(|m| m.packet_filter.is_some()),
+    )
+    .await
+    .expect("update within a second");
+    assert!(m.peers.is_empty(), "{m:?}");
+    let b_id = first.peers[0].id;
+    assert_eq!(m.peers_removed, vec![b_id], "bob's node is removed");
+
+    // Allowing alice to reach bob again makes the node visible again.
+    let open = OWN_PORT_80.replace(
+        r#""dst": ["alice@example.com:80"]},"#,
+        r#""dst": ["alice@example.com:80", "bob@example.com:443"]},"#,
+    );
+    ts.control.set_policy_text(&open, "admin").await.unwrap();
+    let m = timeout(
+        Duration::from_secs(1),
+        sa.next_matching(|m| m.packet_filter.is_some()),
+    )
+    .await
+    .expect("update within a second");
+    assert_eq!(m.peers.len(), 1);
+    assert_eq!(m.peers[0].key, b.node.public());
+}
+
+#[tokio::test]
+async fn a_node_joining_under_a_policy_reaches_only_the_nodes_it_may_see() {
+    let ts = start().await;
+    ts.user("alice").await;
+    ts.user("bob").await;
+    ts.control
+        .set_policy_text(OWN_PORT_80, "admin")
+        .await
+        .unwrap();
+    let ka = ts.key("alice", |k| k.reusable = true).await;
+    let kb = ts.key("bob", |_| {}).await;
+    let a = joined(&ts, "alpha", &ka).await;
+    let mut sa = a.open_stream().await;
+    let first = sa.next().await;
+    assert!(first.peers.is_empty());
+
+    // bob's node is invisible to alice: alice's stream hears nothing of it
+    let _b = joined(&ts, "beta", &kb).await;
+    // alice's second node appears on her stream
+    let a2 = joined(&ts, "alpha2", &ka).await;
+    let m = sa
+        .next_matching(|m| !m.peers_changed.is_empty() || !m.peers.is_empty())
+        .await;
+    let keys: Vec<NodePublic> = m
+        .peers_changed
+        .iter()
+        .chain(m.peers.iter())
+        .map(|n| n.key)
+        .collect();
+    assert_eq!(keys, vec![a2.node.public()], "{m:?}");
+}
+
+#[tokio::test]
+async fn auth_keys_with_tags_the_user_does_not_own_are_refused() {
+    use tower::ServiceExt;
+    let ts = start().await;
+    ts.user("alice").await;
+    ts.user("bob").await;
+    ts.control
+        .set_policy_text(OWN_PORT_80, "admin")
+        .await
+        .unwrap();
+    let call = |user: &str| {
+        let body = serde_json::json!({"user": user, "tags": ["tag:web"]}).to_string();
+        let app = ts.control.admin_router();
+        async move {
+            let resp = app
+                .oneshot(
+                    hyper::Request::post("/api/v1/authkeys")
+                        .header("content-type", "application/json")
+                        .body(axum::body::Body::from(body))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&bytes).to_string())
+        }
+    };
+    let (status, body) = call("bob").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("does not own tags tag:web"), "{body}");
+    let (status, body) = call("alice").await;
+    assert_eq!(status, 200, "{body}");
+}
