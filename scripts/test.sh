@@ -26,11 +26,14 @@ echo "==> cargo build -p weft"
 cargo build -p weft
 
 echo "==> cargo test --workspace"
-cargo test --workspace "$@"
+# --no-fail-fast: one failing test binary must not hide the results of the others;
+# the end-to-end tests still run, and the script fails at the end.
+unit_status=0
+cargo test --workspace --no-fail-fast "$@" || unit_status=$?
 
 if [ "${WEFT_SKIP_E2E:-0}" = 1 ]; then
   echo "==> end-to-end tests skipped (WEFT_SKIP_E2E=1)"
-  exit 0
+  exit "$unit_status"
 fi
 
 echo "==> end-to-end tests (network namespaces, real tsnet clients)"
@@ -68,4 +71,11 @@ if [ "${#selected[@]}" = 0 ]; then
   exit 1
 fi
 echo "end-to-end tests: ${selected[*]}"
-cargo test --workspace -- --ignored --test-threads=1 "${selected[@]}"
+e2e_status=0
+cargo test --workspace --no-fail-fast -- --ignored --test-threads=1 "${selected[@]}" || e2e_status=$?
+
+if [ "$unit_status" != 0 ] || [ "$e2e_status" != 0 ]; then
+  echo "scripts/test.sh: FAILED (cargo test --workspace: exit $unit_status; end-to-end tests: exit $e2e_status)" >&2
+  exit 1
+fi
+echo "scripts/test.sh: all tests passed"
