@@ -375,6 +375,8 @@ impl Backend {
         ctl_tx: &mpsc::Sender<CtlMsg>,
     ) {
         self.stop_control();
+        self.health.clear();
+        self.auth_url.clear();
         let (Some(url), Some(node)) = (
             self.state.prefs.control_url.clone(),
             self.state.node.clone(),

@@ -195,6 +195,11 @@ async fn up(c: &LocalClient, args: UpArgs) -> anyhow::Result<()> {
             None => poll.await?,
         };
         version = Some(s.version);
+        if s.backend_state == BackendState::NeedsLogin {
+            if let Some(e) = s.health.iter().find(|h| h.starts_with("control server:")) {
+                bail!("{e}");
+            }
+        }
         if !s.auth_url.is_empty() && s.auth_url != shown_url {
             eprintln!("\nTo authenticate, visit:\n\n\t{}\n", s.auth_url);
             shown_url.clone_from(&s.auth_url);

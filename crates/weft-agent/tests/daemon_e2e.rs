@@ -407,6 +407,23 @@ async fn down_up_restart_logout_and_interactive_login_move_through_the_states() 
     let err = c.up(&UpRequest::default()).await.unwrap_err();
     assert!(err.to_string().contains("--login-server"), "{err}");
 
+    // `weft up` with a bad key reports control's refusal instead of waiting forever.
+    let bad = weft_agent::cli::UpArgs {
+        login_server: Some(t.url.clone()),
+        auth_key: Some("not-a-key".into()),
+        hostname: None,
+        advertise_tags: vec![],
+        timeout: 30,
+        json: false,
+    };
+    let err = weft_agent::cli::run(
+        weft_agent::cli::AgentCommand::Up(bad),
+        &dir.path().join("weftd.sock"),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().starts_with("control server:"), "{err}");
+
     c.up(&UpRequest {
         login_server: t.url.clone(),
         auth_key: t.key.clone(),
