@@ -97,9 +97,8 @@ impl Engine {
         let mut touched = false;
         let mut seen = BTreeSet::new();
         for c in changes.iter() {
-            let id = match *c {
-                Change::NodeUpdated(id) | Change::NodeRemoved(id) => id,
-                _ => continue,
+            let (Change::NodeUpdated(id) | Change::NodeRemoved(id)) = *c else {
+                continue;
             };
             if !seen.insert(id) {
                 continue;
