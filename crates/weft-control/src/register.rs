@@ -194,9 +194,34 @@ async fn with_preauth_key(
     if !key.reusable && key.used {
         return Ok(RegisterResponse::error("invalid auth key: already used"));
     }
+    // `--advertise-tags` (Hostinfo.RequestTags) on an untagged key: the key's user must own
+    // every requested tag under the policy's tagOwners.
+    let mut tags = key.tags.clone();
+    let requested = req
+        .hostinfo
+        .as_ref()
+        .map(|h| h.request_tags())
+        .unwrap_or_default();
+    if tags.is_empty() && !requested.is_empty() {
+        let user = store.get_user(key.user_id).await?;
+        let login = crate::convert::user_info(&user).login_name;
+        if !requested.iter().all(|t| t.starts_with("tag:"))
+            || !c.may_use_tags(&login, &user.groups, &requested)
+        {
+            tracing::info!(user = %user.name, tags = ?requested, "requested tags refused");
+            return Ok(RegisterResponse::error(format!(
+                "requested tags [{}] are invalid or not permitted for {}",
+                requested.join(", "),
+                login
+            )));
+        }
+        tags = requested;
+        tags.sort();
+        tags.dedup();
+    }
     let _w = c.inner.write.lock().await;
     let existing = optional(store.get_node_by_machine_key(&peer.machine).await)?;
-    let tagged = !key.tags.is_empty();
+    let tagged = !tags.is_empty();
     let expiry = key_expiry_for(c, tagged, now, req.expiry);
     let node = match existing {
         Some(n) => {
@@ -211,7 +236,7 @@ async fn with_preauth_key(
                     .map(|hi| merge_hostinfo(&n.hostinfo, hi)),
                 expiry,
                 auth_key_id: Some(key.id),
-                tags: tagged.then(|| key.tags.clone()),
+                tags: tagged.then(|| tags.clone()),
                 ephemeral: key.ephemeral || req.ephemeral || n.ephemeral,
                 approved: key.pre_approved.then_some(true),
             };
@@ -243,7 +268,7 @@ async fn with_preauth_key(
                     .map(|h| Value::Object(h.0.clone()))
                     .unwrap_or_else(|| Value::Object(Default::default())),
                 endpoints: Vec::new(),
-                tags: key.tags.clone(),
+                tags,
                 approved_routes: Vec::new(),
                 auth_key_id: Some(key.id),
                 ephemeral: key.ephemeral || req.ephemeral,

@@ -461,3 +461,34 @@ async fn auth_keys_with_tags_the_user_does_not_own_are_refused() {
     let (status, body) = call("alice").await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn advertised_tags_are_applied_only_when_the_user_owns_them() {
+    let ts = start().await;
+    ts.control
+        .set_policy_text(OWN_PORT_80, "admin")
+        .await
+        .unwrap();
+    let with_tags = |m: &Machine, key: &str| {
+        let mut req = m.register_request(Some(key));
+        let hi = req.hostinfo.as_mut().unwrap();
+        hi.0.insert("RequestTags".into(), serde_json::json!(["tag:web"]));
+        req
+    };
+    let kb = ts.key("bob", |_| {}).await;
+    let b = Machine::connect(&ts, "beta").await;
+    let r = b.register(&with_tags(&b, &kb)).await;
+    assert!(
+        r.error.contains("tag:web") && r.error.contains("not permitted"),
+        "{r:?}"
+    );
+    assert!(ts.store.list_nodes().await.unwrap().is_empty());
+
+    let ka = ts.key("alice", |_| {}).await;
+    let a = Machine::connect(&ts, "alpha").await;
+    let r = a.register(&with_tags(&a, &ka)).await;
+    assert_eq!(r.error, "");
+    let nodes = ts.store.list_nodes().await.unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].tags, vec!["tag:web".to_string()]);
+}
