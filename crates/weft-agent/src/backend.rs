@@ -109,6 +109,8 @@ impl Backend {
                 self.state.prefs.want_running = false;
                 let r = self.save();
                 let _ = self.engine_cmds.send(EngineCmd::SetKey(None)).await;
+                self.netmap = None;
+                self.clear_tun().await;
                 let _ = reply.send(r);
             }
             ApiCommand::Logout(reply) => {
@@ -220,6 +222,7 @@ impl Backend {
         self.state.prefs.want_running = false;
         self.logged_in = false;
         self.netmap = None;
+        self.clear_tun().await;
         self.auth_url.clear();
         let _ = self.engine_cmds.send(EngineCmd::SetKey(None)).await;
         self.save()?;
@@ -406,6 +409,14 @@ impl Backend {
             }
         });
         self.control = Some(task);
+    }
+
+    async fn clear_tun(&mut self) {
+        if let Some(tun) = self.tun.as_mut() {
+            if let Err(e) = tun.set_addresses(&[]).await {
+                tracing::debug!(error = %e, "removing TUN addresses failed");
+            }
+        }
     }
 
     fn stop_control(&mut self) {

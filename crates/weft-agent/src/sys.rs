@@ -102,13 +102,13 @@ impl Tun {
         }
         for old in self.addrs.clone() {
             if !addrs.contains(&old) {
-                ip(&["addr", "del", &old.to_string(), "dev", &self.name]).await?;
+                let host = host_prefix(&old)?;
+                ip(&["addr", "del", &host.to_string(), "dev", &self.name]).await?;
             }
         }
         for a in addrs {
             if !self.addrs.contains(a) {
-                let host = IpNet::new(a.addr(), if a.addr().is_ipv4() { 32 } else { 128 })
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                let host = host_prefix(a)?;
                 ip(&["addr", "replace", &host.to_string(), "dev", &self.name]).await?;
             }
         }
@@ -123,6 +123,11 @@ impl Tun {
         tracing::info!(dev = %self.name, ?addrs, "TUN addresses set");
         Ok(())
     }
+}
+
+fn host_prefix(a: &IpNet) -> std::io::Result<IpNet> {
+    IpNet::new(a.addr(), if a.addr().is_ipv4() { 32 } else { 128 })
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 async fn ip(args: &[&str]) -> std::io::Result<()> {

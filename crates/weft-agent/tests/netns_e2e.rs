@@ -171,6 +171,15 @@ fn direct(h: &Harness) -> Result<()> {
     assert!(status.contains("active; direct 198.18.0.22:"), "{status}");
     let nodes = net.server.nodes()?;
     assert_eq!(nodes.len(), 2);
+
+    // `weft down` takes the tailnet address off the TUN; `weft up` brings it back.
+    let a_ip = net.a.ipv4()?.to_string();
+    net.a.weft(&["down"])?;
+    let addrs = net.a.ns.ip(&["-4", "addr", "show", "dev", "weft0"])?;
+    assert!(!addrs.contains(&a_ip), "{addrs}");
+    net.a.weft(&["up", "--timeout", "60"])?;
+    let addrs = net.a.ns.ip(&["-4", "addr", "show", "dev", "weft0"])?;
+    assert!(addrs.contains(&a_ip), "{addrs}");
     Ok(())
 }
 
