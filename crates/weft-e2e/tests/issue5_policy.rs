@@ -107,7 +107,9 @@ fn run(h: &Harness) -> Result<()> {
     loop {
         let started = set_at.elapsed();
         match fetch(&b_ns) {
-            Err(_) => break,
+            // Dropped, not refused: the request times out.
+            Err(e) if e.contains("timed out") || e.contains("(28)") => break,
+            Err(e) => return Err(Error::Check(format!("denied request not dropped: {e}"))),
             Ok(_) if started < Duration::from_secs(1) => continue,
             Ok(_) => {
                 return Err(Error::Check(format!(
