@@ -492,3 +492,66 @@ async fn advertised_tags_are_applied_only_when_the_user_owns_them() {
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0].tags, vec!["tag:web".to_string()]);
 }
+
+#[tokio::test]
+async fn tagging_a_node_recomputes_only_what_changed_and_pushes_it_at_once() {
+    use tower::ServiceExt;
+    let ts = start().await;
+    ts.user("alice").await;
+    ts.control
+        .set_policy_text(
+            r#"{
+              "tagOwners": {"tag:web": ["alice@example.com"]},
+              "acls": [{"action": "accept", "src": ["alice@example.com"], "dst": ["tag:web:80"]}],
+            }"#,
+            "admin",
+        )
+        .await
+        .unwrap();
+    let ka = ts.key("alice", |k| k.reusable = true).await;
+    let a = joined(&ts, "alpha", &ka).await;
+    let w = joined(&ts, "web", &ka).await;
+    let mut sa = a.open_stream().await;
+    assert!(
+        sa.next().await.peers.is_empty(),
+        "untagged web is invisible"
+    );
+    let mut sw = w.open_stream().await;
+    let first = sw.next().await;
+    assert_eq!(first.packet_filter, Some(vec![]), "web accepts nothing yet");
+    let w_id = first.node.unwrap().id;
+
+    let resp = ts
+        .control
+        .admin_router()
+        .oneshot(
+            hyper::Request::post(format!("/api/v1/nodes/{w_id}/tags"))
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(r#"{"tags": ["tag:web"]}"#))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let m = timeout(
+        Duration::from_secs(1),
+        sw.next_matching(|m| m.packet_filter.is_some()),
+    )
+    .await
+    .expect("web's new filter within a second");
+    assert_eq!(ports_of(&m), vec![(80, 80), (80, 80)], "{m:?}");
+    let m = timeout(
+        Duration::from_secs(1),
+        sa.next_matching(|m| !m.peers.is_empty() || !m.peers_changed.is_empty()),
+    )
+    .await
+    .expect("alpha sees web within a second");
+    let ids: Vec<i64> = m
+        .peers
+        .iter()
+        .chain(m.peers_changed.iter())
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(ids, vec![w_id]);
+}
