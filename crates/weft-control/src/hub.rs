@@ -173,7 +173,17 @@ impl Hub {
                 )
             }
         };
-        let changed = differing_nodes(&inner.snap, old.as_ref(), view.as_ref());
+        let changed: Vec<NodeId> = match (&inner.policy, &engine) {
+            (Some(o), Some(n)) => {
+                let ch = n.compiled.changes_since(&o.compiled);
+                ch.filters_changed
+                    .union(&ch.visibility_changed)
+                    .copied()
+                    .filter(|id| inner.snap.nodes.contains_key(id))
+                    .collect()
+            }
+            _ => differing_nodes(&inner.snap, old.as_ref(), view.as_ref()),
+        };
         inner.policy = engine;
         Arc::make_mut(&mut inner.snap).policy = view;
         let changes: Vec<Change> = changed.into_iter().map(Change::NodeResync).collect();
