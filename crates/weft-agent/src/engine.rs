@@ -29,6 +29,8 @@ const MAX_DATAGRAM: usize = 65_535;
 const DERP_QUEUE: usize = 32;
 /// Delay before redialing a failed home DERP connection.
 const DERP_RETRY: Duration = Duration::from_secs(2);
+/// A connection to a region other than home is closed after this long without writes.
+const DERP_IDLE: Duration = Duration::from_secs(60);
 /// How often peer status is republished.
 const STATUS_TICK: Duration = Duration::from_secs(1);
 
@@ -165,6 +167,7 @@ struct DerpConn {
     sender: Option<DerpSender>,
     queue: VecDeque<(NodePublic, Bytes)>,
     task: tokio::task::JoinHandle<()>,
+    last_write: Instant,
 }
 
 impl Drop for DerpConn {
@@ -227,7 +230,10 @@ impl Driver {
                     None => return,
                 },
                 _ = sleep_until_opt(deadline) => self.on_timeout(),
-                _ = tick.tick() => self.publish_status(),
+                _ = tick.tick() => {
+                    self.close_idle_derp();
+                    self.publish_status();
+                }
             }
             self.drain();
         }
@@ -502,6 +508,7 @@ impl Driver {
         let Some(c) = self.derp.get_mut(&region) else {
             return;
         };
+        c.last_write = Instant::now();
         match &c.sender {
             Some(s) => {
                 if !s.try_send(peer, payload) {
@@ -539,8 +546,23 @@ impl Driver {
                 sender: None,
                 queue: VecDeque::new(),
                 task,
+                last_write: Instant::now(),
             },
         );
+    }
+
+    /// Closes connections to regions other than home that carried no writes for
+    /// [`DERP_IDLE`] (they are redialled on the next packet).
+    fn close_idle_derp(&mut self) {
+        let home = self.ms.as_ref().and_then(Magicsock::home_derp);
+        let now = Instant::now();
+        self.derp.retain(|r, c| {
+            let keep = Some(*r) == home || now.duration_since(c.last_write) < DERP_IDLE;
+            if !keep {
+                tracing::debug!(region = *r, "closing idle DERP connection");
+            }
+            keep
+        });
     }
 
     fn publish_status(&mut self) {
