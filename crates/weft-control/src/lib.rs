@@ -254,6 +254,7 @@ impl Control {
                     weft_ts2021::upgrade_with(req, key.clone(), noise.clone(), ts_config.clone())
                 }),
             )
+            .route("/verify", axum::routing::post(verify_handler))
             .route(
                 "/health",
                 get(|| async { Json(serde_json::json!({"status": "ok"})) }),
@@ -378,6 +379,25 @@ impl Control {
             cap,
         );
     }
+}
+
+/// DERP admission (`weft derp --verify-clients URL/verify`, the request Tailscale's derper
+/// sends): a node key is admitted when it belongs to an approved node whose key has not expired.
+#[derive(Deserialize)]
+struct AdmitRequest {
+    #[serde(rename = "NodePublic")]
+    node_public: weft_key::NodePublic,
+}
+
+async fn verify_handler(State(c): State<Control>, Json(req): Json<AdmitRequest>) -> Response {
+    let now = time::OffsetDateTime::from((c.inner.clock)());
+    let allow = match c.inner.store.get_node_by_node_key(&req.node_public).await {
+        Ok(n) => n.approved && !n.is_expired(now),
+        Err(e) if e.is_not_found() => false,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    tracing::debug!(node = %req.node_public.short(), allow, "derp admission");
+    Json(serde_json::json!({ "Allow": allow })).into_response()
 }
 
 #[derive(Deserialize)]

@@ -777,3 +777,56 @@ async fn noise_key_survives_a_restart_on_the_same_database() {
         .unwrap();
     assert_eq!(c.noise_public(), first);
 }
+
+/// POSTs `body` to `{url}{path}` over plain HTTP/1.1 and returns the response body.
+async fn post_plain(url: &str, path: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 200"),
+        "unexpected response: {out}"
+    );
+    out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn derp_admission_allows_known_node_keys_and_refuses_unknown_and_expired_ones() {
+    let ts = start().await;
+    let k = ts.key("alice", |_| {}).await;
+    let m = joined(&ts, "a", &k).await;
+    let ask = |key: String| {
+        let url = ts.url.clone();
+        async move {
+            let body = post_plain(
+                &url,
+                "/verify",
+                &format!(r#"{{"NodePublic":"{key}","Source":"10.0.0.1"}}"#),
+            )
+            .await;
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["Allow"]
+                .as_bool()
+                .unwrap()
+        }
+    };
+    assert!(ask(m.node.public().to_text()).await);
+    assert!(!ask(NodePrivate::generate().public().to_text()).await);
+
+    let node = ts
+        .store
+        .get_node_by_node_key(&m.node.public())
+        .await
+        .unwrap();
+    ts.store
+        .set_node_expiry(node.id, Some(time::OffsetDateTime::UNIX_EPOCH))
+        .await
+        .unwrap();
+    assert!(!ask(m.node.public().to_text()).await);
+}
