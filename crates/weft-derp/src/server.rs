@@ -327,7 +327,10 @@ impl DerpServer {
             wr.write_all(&server_info.to_bytes()).await?;
             wr.flush().await
         };
-        if !matches!(tokio::time::timeout(HANDSHAKE_TIMEOUT, write_info).await, Ok(Ok(()))) {
+        if !matches!(
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, write_info).await,
+            Ok(Ok(()))
+        ) {
             debug!(client = %key.short(), "could not write server info");
             return;
         }

@@ -43,7 +43,10 @@ fn parse_hex32(s: &str, prefix: &'static str) -> Result<[u8; 32], KeyError> {
         return Err(KeyError::Prefix(s.chars().take(16).collect(), prefix));
     };
     if rest.len() != 64 {
-        return Err(KeyError::Hex(format!("want 64 hex digits, got {}", rest.len())));
+        return Err(KeyError::Hex(format!(
+            "want 64 hex digits, got {}",
+            rest.len()
+        )));
     }
     let mut out = [0u8; 32];
     hex::decode_to_slice(rest, &mut out).map_err(|e| KeyError::Hex(e.to_string()))?;
@@ -160,9 +163,14 @@ macro_rules! private_key {
 }
 
 fn seal(private: &[u8; 32], peer: &[u8; 32], msg: &[u8], nonce: [u8; 24]) -> Vec<u8> {
-    let b = crypto_box::SalsaBox::new(&crypto_box::PublicKey::from(*peer), &crypto_box::SecretKey::from(*private));
+    let b = crypto_box::SalsaBox::new(
+        &crypto_box::PublicKey::from(*peer),
+        &crypto_box::SecretKey::from(*private),
+    );
     let n = crypto_box::Nonce::from(nonce);
-    let ct = b.encrypt(&n, msg).expect("sealing never fails for in-memory buffers");
+    let ct = b
+        .encrypt(&n, msg)
+        .expect("sealing never fails for in-memory buffers");
     let mut out = Vec::with_capacity(24 + ct.len());
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&ct);
@@ -173,7 +181,10 @@ fn open(private: &[u8; 32], peer: &[u8; 32], sealed: &[u8]) -> Result<Vec<u8>, K
     if sealed.len() < 24 + 16 {
         return Err(KeyError::Open);
     }
-    let b = crypto_box::SalsaBox::new(&crypto_box::PublicKey::from(*peer), &crypto_box::SecretKey::from(*private));
+    let b = crypto_box::SalsaBox::new(
+        &crypto_box::PublicKey::from(*peer),
+        &crypto_box::SecretKey::from(*private),
+    );
     let nonce = crypto_box::Nonce::clone_from_slice(&sealed[..24]);
     b.decrypt(&nonce, &sealed[24..]).map_err(|_| KeyError::Open)
 }
@@ -247,12 +258,18 @@ impl NlPrivate {
     }
     /// The public key.
     pub fn public(&self) -> NlPublic {
-        NlPublic(ed25519_dalek::SigningKey::from_bytes(&self.0).verifying_key().to_bytes())
+        NlPublic(
+            ed25519_dalek::SigningKey::from_bytes(&self.0)
+                .verifying_key()
+                .to_bytes(),
+        )
     }
     /// Signs `msg` (64-byte Ed25519 signature).
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
         use ed25519_dalek::Signer;
-        ed25519_dalek::SigningKey::from_bytes(&self.0).sign(msg).to_bytes()
+        ed25519_dalek::SigningKey::from_bytes(&self.0)
+            .sign(msg)
+            .to_bytes()
     }
     /// `nlpriv:` text form.
     pub fn to_text(&self) -> String {
@@ -280,7 +297,10 @@ mod tests {
         let t = k.to_text();
         assert!(t.starts_with("nodekey:"));
         assert_eq!(t, t.to_lowercase());
-        assert_eq!(NodePublic::parse(&t.to_uppercase().replace("NODEKEY:", "nodekey:")).unwrap(), k);
+        assert_eq!(
+            NodePublic::parse(&t.to_uppercase().replace("NODEKEY:", "nodekey:")).unwrap(),
+            k
+        );
     }
 
     #[test]
@@ -307,9 +327,18 @@ mod tests {
         let b = DiscoPrivate::generate();
         let c = DiscoPrivate::generate();
         let sealed = a.seal_to(b.public().as_bytes(), b"ping");
-        assert_eq!(b.open_from(a.public().as_bytes(), &sealed).unwrap(), b"ping");
-        assert_eq!(c.open_from(a.public().as_bytes(), &sealed), Err(KeyError::Open));
-        assert_eq!(b.open_from(a.public().as_bytes(), &sealed[..10]), Err(KeyError::Open));
+        assert_eq!(
+            b.open_from(a.public().as_bytes(), &sealed).unwrap(),
+            b"ping"
+        );
+        assert_eq!(
+            c.open_from(a.public().as_bytes(), &sealed),
+            Err(KeyError::Open)
+        );
+        assert_eq!(
+            b.open_from(a.public().as_bytes(), &sealed[..10]),
+            Err(KeyError::Open)
+        );
     }
 
     #[test]
