@@ -1,63 +1,10 @@
 //! The `weft` binary end to end on loopback: server start, admin commands over the unix
 //! socket, and a node registering over ts2021 with a key the CLI printed.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+use common::*;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(dir: &Path) -> Server {
-    let out = dir.join("server.out");
-    let mut server = Server {
-        child: Command::new(WEFT)
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        url: String::new(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = std::fs::read_to_string(&out).unwrap_or_default();
-        if let Some(url) = text.split_whitespace().find(|w| w.starts_with("http://")) {
-            if dir.join("admin.sock").exists() {
-                server.url = url.to_string();
-                return server;
-            }
-        }
-        assert!(Instant::now() < deadline, "server did not start: {text}");
-        std::thread::yield_now();
-    }
-}
-
-fn weft(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(WEFT)
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn admin_commands_drive_a_running_server_and_the_printed_key_registers_a_node() {
