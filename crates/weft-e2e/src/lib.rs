@@ -30,4 +30,4 @@ pub use netns::Netns;
 pub use poll::wait_for;
 pub use process::{Harness, Proc};
 pub use tsnet::{peer_count, TsnetConfig, TsnetNode};
-pub use weft::{is_cgnat, spawn_weft, NodeView, WeftServer};
+pub use weft::{is_cgnat, spawn_weft, spawn_weft_logging, NodeView, WeftServer};

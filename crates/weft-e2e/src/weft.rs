@@ -14,8 +14,25 @@ use crate::process::{Harness, Proc};
 
 /// Starts `weft ARGS…` (e.g. `derp …`) in `ns` as `name`, with the harness's log settings.
 pub fn spawn_weft(h: &Harness, ns: &Netns, name: &str, args: &[String]) -> Result<Proc> {
+    spawn_weft_logging(h, ns, name, args, "")
+}
+
+/// [`spawn_weft`] with `extra` tracing directives (e.g. `weft_agent::engine=trace`)
+/// appended to the harness's log settings; `""` adds none.
+pub fn spawn_weft_logging(
+    h: &Harness,
+    ns: &Netns,
+    name: &str,
+    args: &[String],
+    extra: &str,
+) -> Result<Proc> {
+    let log = if extra.is_empty() {
+        rust_log()
+    } else {
+        format!("{},{extra}", rust_log())
+    };
     let env = vec![
-        ("RUST_LOG".to_owned(), rust_log()),
+        ("RUST_LOG".to_owned(), log),
         ("RUST_BACKTRACE".to_owned(), "1".to_owned()),
         (
             "HOME".to_owned(),
