@@ -12,7 +12,7 @@ use weft_key::DiscoPrivate;
 use crate::backend::Backend;
 use crate::cli::DaemonArgs;
 use crate::control::LiteInputs;
-use crate::engine::{Engine, TunChannels};
+use crate::engine::{Engine, TunChannels, TunIo};
 use crate::localapi::{self, Status};
 use crate::state::StateStore;
 use crate::sys::{Tun, DEFAULT_MTU};
@@ -85,9 +85,9 @@ impl Daemon {
         tracing::info!(dir = %cfg.state_dir.display(), machine = %state.machine.public().short(), "state loaded");
         let (tun, channels) = match cfg.tun {
             TunMode::Device(name) => {
-                let (tun, ch) = Tun::create(&name, DEFAULT_MTU)
+                let (tun, dev) = Tun::create(&name, DEFAULT_MTU)
                     .with_context(|| format!("creating TUN device {name}"))?;
-                (Some(tun), ch)
+                (Some(tun), TunIo::Device(dev))
             }
             TunMode::None => {
                 let (_keep, from_tun) = mpsc::channel(1);
@@ -96,9 +96,9 @@ impl Daemon {
                     let _keep = _keep;
                     while sink.recv().await.is_some() {}
                 });
-                (None, TunChannels { from_tun, to_tun })
+                (None, TunIo::Channels(TunChannels { from_tun, to_tun }))
             }
-            TunMode::Channels(ch) => (None, ch),
+            TunMode::Channels(ch) => (None, TunIo::Channels(ch)),
         };
         let disco = DiscoPrivate::generate();
         let engine = Engine::start(cfg.bind, cfg.local_ips, disco.clone(), channels)

@@ -3,7 +3,8 @@
 //! - [`state`]: the persisted state directory (keys and login preferences, mode 0600).
 //! - [`control`]: the control client (register, streaming map, lite updates).
 //! - [`engine`]: the data-plane driver around the sans-IO `weft-magicsock` core.
-//! - [`sys`]: TUN device, addresses and routes, host facts.
+//! - [`sys`]: TUN device (batched, with offloads), addresses and routes, host facts.
+//! - [`udp`]: the data-plane UDP socket with batched I/O (GSO/GRO).
 //! - [`localapi`]: the HTTP/1.1 JSON API on a unix socket that `weft <verb>` talks to.
 //! - [`daemon`]: wiring of all of the above; [`cli`]: the verbs.
 
@@ -15,3 +16,4 @@ pub mod engine;
 pub mod localapi;
 pub mod state;
 pub mod sys;
+pub mod udp;

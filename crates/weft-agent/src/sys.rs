@@ -3,12 +3,8 @@
 //! tun-rs.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use ipnet::IpNet;
-use tokio::sync::mpsc;
-
-use crate::engine::TunChannels;
 
 /// The tailnet's IPv4 range, routed into the TUN.
 pub const TAILNET_V4: &str = "100.64.0.0/10";
@@ -17,19 +13,11 @@ pub const TAILNET_V6: &str = "fd7a:115c:a1e0::/48";
 /// Default TUN MTU.
 pub const DEFAULT_MTU: u16 = 1280;
 
-/// A TUN device and the tasks that move its packets.
+/// A TUN device: its name and addresses. The engine moves its packets through the
+/// [`TunDevice`] handle that [`Tun::create`] returns beside it.
 pub struct Tun {
     name: String,
     addrs: Vec<IpNet>,
-    reader: tokio::task::JoinHandle<()>,
-    writer: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Tun {
-    fn drop(&mut self) {
-        self.reader.abort();
-        self.writer.abort();
-    }
 }
 
 impl std::fmt::Debug for Tun {
@@ -41,53 +29,37 @@ impl std::fmt::Debug for Tun {
     }
 }
 
+/// Transmit queue asked for on the TUN device: with offloads each entry is a TCP segment of
+/// up to 64 KiB, and a burst must not overflow before the engine reads it.
+const TUN_TXQUEUELEN: u32 = 1000;
+
 impl Tun {
-    /// Creates the device `name` (up, MTU `mtu`) and returns it with the engine's channels.
-    pub fn create(name: &str, mtu: u16) -> std::io::Result<(Tun, TunChannels)> {
-        let dev = tun_rs::DeviceBuilder::new()
-            .name(name)
-            .mtu(mtu)
-            .build_async()?;
-        let dev = Arc::new(dev);
-        let (from_tx, from_rx) = mpsc::channel::<Vec<u8>>(1024);
-        let (to_tx, mut to_rx) = mpsc::channel::<Vec<u8>>(1024);
-        let rdev = dev.clone();
-        let reader = tokio::spawn(async move {
-            let mut buf = vec![0u8; 65_535];
-            loop {
-                match rdev.recv(&mut buf).await {
-                    Ok(n) => {
-                        if from_tx.send(buf[..n].to_vec()).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "TUN read failed");
-                        return;
-                    }
-                }
+    /// Creates the device `name` (up, MTU `mtu`), with TCP segmentation offload (virtio-net
+    /// headers: the kernel hands us TCP segments of up to 64 KiB and takes coalesced ones)
+    /// when the kernel allows it, and returns it with the engine's I/O handle.
+    pub fn create(name: &str, mtu: u16) -> std::io::Result<(Tun, TunDevice)> {
+        let build = |offload: bool| {
+            tun_rs::DeviceBuilder::new()
+                .name(name)
+                .mtu(mtu)
+                .tx_queue_len(TUN_TXQUEUELEN)
+                .offload(offload)
+                .build_async()
+        };
+        let dev = match build(true) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::info!(error = %e, dev = name, "TUN offloads unavailable; one packet per read");
+                build(false)?
             }
-        });
-        let writer = tokio::spawn(async move {
-            while let Some(p) = to_rx.recv().await {
-                if let Err(e) = dev.send(&p).await {
-                    tracing::debug!(error = %e, "TUN write failed");
-                }
-            }
-        });
+        };
+        let offload = dev.tcp_gso();
+        tracing::info!(dev = name, mtu, offload, "TUN device created");
         let tun = Tun {
             name: name.to_owned(),
             addrs: Vec::new(),
-            reader,
-            writer,
         };
-        Ok((
-            tun,
-            TunChannels {
-                from_tun: from_rx,
-                to_tun: to_tx,
-            },
-        ))
+        Ok((tun, TunDevice { dev, mtu }))
     }
 
     /// Device name.
@@ -122,6 +94,241 @@ impl Tun {
         self.addrs = addrs.to_vec();
         tracing::info!(dev = %self.name, ?addrs, "TUN addresses set");
         Ok(())
+    }
+}
+
+/// The engine's side of a TUN device: batched reads (a TCP segment of up to 64 KiB split into
+/// packets) and batched writes (consecutive TCP packets of one flow coalesced into one write).
+pub struct TunDevice {
+    dev: tun_rs::AsyncDevice,
+    mtu: u16,
+}
+
+impl std::fmt::Debug for TunDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunDevice")
+            .field("offload", &self.dev.tcp_gso())
+            .finish()
+    }
+}
+
+/// Room kept before each packet of a batch (the virtio-net header goes there).
+pub const TUN_HEADROOM: usize = 16;
+/// Packets per batch (a 64 KiB segment at MTU 1280 is about 50).
+pub const TUN_BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
+/// What a coalesced write may grow to.
+const COALESCED_MAX: usize = 65_535 + 2 * TUN_HEADROOM;
+
+impl TunDevice {
+    /// The device MTU.
+    pub fn mtu(&self) -> u16 {
+        self.mtu
+    }
+
+    /// Waits until a read may succeed (cancel safe).
+    pub async fn readable(&self) -> std::io::Result<()> {
+        self.dev.readable().await
+    }
+
+    /// One read without waiting, split into packets in `rx` (returns their number);
+    /// `WouldBlock` when nothing is pending.
+    pub fn try_recv(&self, rx: &mut TunRx) -> std::io::Result<usize> {
+        rx.count = 0;
+        let n =
+            self.dev
+                .try_recv_multiple(&mut rx.orig, &mut rx.bufs, &mut rx.sizes, TUN_HEADROOM)?;
+        rx.count = n;
+        Ok(n)
+    }
+
+    /// Writes the batch in `tx` (coalescing TCP packets when offloads are on) and empties it.
+    pub async fn send(&self, tx: &mut TunTx) -> std::io::Result<()> {
+        if tx.len == 0 {
+            return Ok(());
+        }
+        let r = self
+            .dev
+            .send_multiple(&mut tx.gro, &mut tx.slots[..tx.len], TUN_HEADROOM)
+            .await
+            .map(|_| ());
+        tx.clear();
+        r
+    }
+}
+
+/// Packets of one TUN read.
+pub struct TunRx {
+    orig: Vec<u8>,
+    bufs: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    count: usize,
+}
+
+impl std::fmt::Debug for TunRx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunRx").field("count", &self.count).finish()
+    }
+}
+
+impl TunRx {
+    /// Buffers for packets of up to `mtu` bytes.
+    pub fn new(mtu: u16) -> TunRx {
+        let slot = TUN_HEADROOM + usize::from(mtu).max(1280) + 64;
+        TunRx {
+            orig: vec![0; tun_rs::VIRTIO_NET_HDR_LEN + 65_535],
+            bufs: vec![vec![0; slot]; TUN_BATCH],
+            sizes: vec![0; TUN_BATCH],
+            count: 0,
+        }
+    }
+
+    /// Packets of the last read.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether the last read gave nothing.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Packet `i` of the last read.
+    pub fn packet(&self, i: usize) -> &[u8] {
+        &self.bufs[i][TUN_HEADROOM..TUN_HEADROOM + self.sizes[i]]
+    }
+}
+
+/// A buffer of a [`TunTx`] batch: a fixed allocation whose visible length follows the packet,
+/// so reusing it costs no zeroing.
+struct Slot {
+    data: Vec<u8>,
+    len: usize,
+}
+
+impl AsRef<[u8]> for Slot {
+    fn as_ref(&self) -> &[u8] {
+        &self.data[..self.len]
+    }
+}
+
+impl AsMut<[u8]> for Slot {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.data[..self.len]
+    }
+}
+
+impl tun_rs::ExpandBuffer for Slot {
+    fn buf_capacity(&self) -> usize {
+        COALESCED_MAX.max(self.data.len())
+    }
+
+    fn buf_resize(&mut self, new_len: usize, value: u8) {
+        if new_len > self.data.len() {
+            self.data.resize(new_len, value);
+        }
+        if new_len > self.len {
+            self.data[self.len..new_len].fill(value);
+        }
+        self.len = new_len;
+    }
+
+    fn buf_extend_from_slice(&mut self, src: &[u8]) {
+        let end = self.len + src.len();
+        if end > self.data.len() {
+            self.data.resize(end, 0);
+        }
+        self.data[self.len..end].copy_from_slice(src);
+        self.len = end;
+    }
+}
+
+/// IP packets waiting to be written to TUN in one batch.
+pub struct TunTx {
+    slots: Vec<Slot>,
+    len: usize,
+    slot_size: usize,
+    gro: tun_rs::GROTable,
+}
+
+impl std::fmt::Debug for TunTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunTx").field("len", &self.len).finish()
+    }
+}
+
+impl TunTx {
+    /// An empty batch whose slots take packets (or WireGuard datagrams to decrypt in place)
+    /// of up to `mtu` + 64 bytes; larger ones are copied in with [`TunTx::push`].
+    pub fn new(mtu: u16) -> TunTx {
+        let slot_size = usize::from(mtu).max(1280) + 64 + TUN_HEADROOM;
+        TunTx {
+            slots: (0..TUN_BATCH)
+                .map(|_| Slot {
+                    data: vec![0; slot_size],
+                    len: 0,
+                })
+                .collect(),
+            len: 0,
+            slot_size,
+            gro: tun_rs::GROTable::new(),
+        }
+    }
+
+    /// Whether no slot is free (write the batch first).
+    pub fn is_full(&self) -> bool {
+        self.len == self.slots.len()
+    }
+
+    /// Whether the batch holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Packets in the batch.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The next free slot, to decrypt into (then [`TunTx::commit`] the packet's length).
+    /// Panics when the batch is full.
+    pub fn slot(&mut self) -> &mut [u8] {
+        let s = &mut self.slots[self.len];
+        let end = self.slot_size.max(s.data.len());
+        &mut s.data[TUN_HEADROOM..end]
+    }
+
+    /// Keeps the `n` bytes just written into [`TunTx::slot`].
+    pub fn commit(&mut self, n: usize) {
+        self.slots[self.len].len = TUN_HEADROOM + n;
+        self.len += 1;
+    }
+
+    /// Copies `packet` into the next slot; `false` when the batch is full.
+    pub fn push(&mut self, packet: &[u8]) -> bool {
+        if self.is_full() {
+            return false;
+        }
+        let s = &mut self.slots[self.len];
+        let end = TUN_HEADROOM + packet.len();
+        if s.data.len() < end {
+            s.data.resize(end, 0);
+        }
+        s.data[TUN_HEADROOM..end].copy_from_slice(packet);
+        s.len = end;
+        self.len += 1;
+        true
+    }
+
+    /// The packets of the batch.
+    pub fn packets(&self) -> impl Iterator<Item = &[u8]> {
+        self.slots[..self.len]
+            .iter()
+            .map(|s| &s.data[TUN_HEADROOM..s.len])
+    }
+
+    /// Empties the batch.
+    pub fn clear(&mut self) {
+        self.len = 0;
     }
 }
 
