@@ -270,10 +270,10 @@ run_iperf() {
         CPU[$name]=$(awk -v a="$c0" -v b="$c1" -v t0="$t0" -v t1="$t1" -v hz="$CLK_TCK" \
             'BEGIN { printf "%.0f%%", 100 * (b - a) / hz / (t1 - t0) }')
         PKTS[$name]=$((pk1 - pk0))
-        if [ "${PKTS[$name]}" -gt 0 ]; then
-            CPU_PKT[$name]=$(awk -v a="$c0" -v b="$c1" -v hz="$CLK_TCK" -v p="${PKTS[$name]}" \
-                'BEGIN { printf "%.1f", 1e6 * (b - a) / hz / p }')
-        fi
+        local bytes
+        bytes=$(jq -r '.end.sum_received.bytes // 0' "$OUT/$name.iperf.json")
+        CPU_PKT[$name]=$(awk -v a="$c0" -v b="$c1" -v hz="$CLK_TCK" -v n="$bytes" \
+            'BEGIN { if (n > 0) printf "%.1f", (b - a) / hz / (n / 1e9); else print "-" }')
     else
         CPU[$name]="-"
     fi
@@ -558,13 +558,13 @@ LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
     [ -z "${BENCH_BIGBUF:-}" ] || echo "Experiment: UDP socket buffers forced to $BENCH_BIGBUF bytes in weft and boringtun-cli (not wireguard-go)."
     [ -z "${BENCH_TXQLEN:-}" ] || echo "Experiment: txqueuelen $BENCH_TXQLEN on all tunnel interfaces."
     echo "CPU: $CPU_MODEL, $CORES logical cores (/proc/cpuinfo); kernel $(uname -r); load average at the end: $LOAD."
-    echo "Tunnel CPU = CPU time of both tunnel processes during the transfer, in % of one core; per packet ="
-    echo "that CPU time divided by the packets (data and ACKs) through node A's tunnel interface."
+    echo "Tunnel CPU = CPU time of both tunnel processes during the transfer, in % of one core; CPU s / GB ="
+    echo "that CPU time in seconds divided by the gigabytes iperf3 carried (lower is better)."
     echo
     echo "UDP buffer errors = RcvbufErrors + SndbufErrors (/proc/net/snmp, both namespaces); TUN drops ="
     echo "packets the tunnel interfaces dropped (queue to the reader full, or refused), both ends."
     echo
-    echo "| path | Gbit/s | vs wireguard-go | vs veth | tunnel CPU | CPU µs / packet | TCP retransmits | UDP buffer errors | TUN drops | MTU |"
+    echo "| path | Gbit/s | vs wireguard-go | vs veth | tunnel CPU | CPU s / GB | TCP retransmits | UDP buffer errors | TUN drops | MTU |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     for name in "${ORDER[@]}"; do
         if [ -n "${GBPS[$name]:-}" ]; then
@@ -576,7 +576,8 @@ LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
     if [ "${#PROF_PKTS[@]}" -gt 0 ]; then
         echo
         echo "Profile (BENCH_PERF=1: \`perf stat\` and \`perf record -e cpu-clock\` on both tunnel processes;"
-        echo "a tunneled packet is one packet into or out of node A's tunnel interface, data or ACK;"
+        echo "a tunneled packet is one packet into or out of node A's tunnel interface, data or ACK; with"
+        echo "offloads (weft) one such packet can be a TCP segment of up to 64 KiB;"
         echo "% of the tunnel processes' samples):"
         echo
         echo "| path | tunneled packets | syscalls / packet | context switches / packet | kernel | scheduler (finish_task_switch) | AEAD | malloc/free |"

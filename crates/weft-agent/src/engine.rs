@@ -30,7 +30,7 @@ use tokio::net::UdpSocket;
 use crate::sys::{TunDevice, TunRx, TunTx};
 use crate::udp::{UdpIo, UdpRx, UdpTx};
 use tokio::sync::{mpsc, oneshot, watch};
-use weft_derp::{ClientOptions, DerpClient, DerpSender, TlsMode};
+use weft_derp::{ClientEvent, ClientOptions, DerpClient, DerpSender, TlsMode};
 use weft_filter::{PacketFilter, PacketView, Verdict};
 use weft_key::{DiscoPrivate, NodePrivate, NodePublic};
 use weft_magicsock::{
@@ -197,6 +197,7 @@ impl Engine {
 enum DerpIn {
     Connected(u64, RegionId, DerpSender),
     Packet(RegionId, NodePublic, Bytes),
+    PeerGone(RegionId, NodePublic),
     Closed(u64, RegionId, String),
 }
 
@@ -452,6 +453,12 @@ impl Driver {
                 if let Err(e) = ms.handle_derp_packet(region, src, &packet, Instant::now()) {
                     self.stats.bad_derp += 1;
                     tracing::trace!(region, src = %src.short(), %e, "dropping DERP packet");
+                }
+            }
+            DerpIn::PeerGone(region, peer) => {
+                tracing::debug!(region, peer = %peer.short(), "DERP: peer gone");
+                if let Some(ms) = self.ms.as_mut() {
+                    ms.handle_derp_peer_gone(region, peer, Instant::now());
                 }
             }
             DerpIn::Closed(id, region, why) => {
@@ -769,16 +776,17 @@ async fn derp_task(
         return;
     }
     loop {
-        match client.recv().await {
-            Ok((src, packet)) => {
-                if tx.send(DerpIn::Packet(region, src, packet)).await.is_err() {
-                    return;
-                }
-            }
+        let msg = match client.recv_event().await {
+            Ok(ClientEvent::Packet { src, packet }) => DerpIn::Packet(region, src, packet),
+            Ok(ClientEvent::PeerGone { key, .. }) => DerpIn::PeerGone(region, key),
+            Ok(_) => continue,
             Err(e) => {
                 let _ = tx.send(DerpIn::Closed(id, region, e.to_string())).await;
                 return;
             }
+        };
+        if tx.send(msg).await.is_err() {
+            return;
         }
     }
 }
