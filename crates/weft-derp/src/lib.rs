@@ -22,6 +22,6 @@ pub mod tls;
 pub mod verify;
 
 pub use client::{ClientOptions, DerpClient, DerpSender, Error as ClientError, TlsMode};
-pub use weft_proto::derp::ClientEvent;
 pub use server::{DerpServer, ServerOptions};
 pub use standalone::{DerpArgs, StandaloneConfig};
+pub use weft_proto::derp::ClientEvent;
