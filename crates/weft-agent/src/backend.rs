@@ -509,6 +509,7 @@ impl Backend {
             auth_url: self.auth_url.clone(),
             health: self.health.clone(),
             control_url: self.state.prefs.control_url.clone().unwrap_or_default(),
+            data_plane: engine.counters,
             ..Status::default()
         };
         if let Some(nm) = &self.netmap {

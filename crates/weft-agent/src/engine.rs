@@ -101,6 +101,8 @@ pub struct EngineStatus {
     pub net_report: Option<NetReport>,
     /// DERP regions with a live connection.
     pub derp_connected: Vec<RegionId>,
+    /// Per-packet trouble counted so far.
+    pub counters: DataPlaneCounters,
 }
 
 /// A handle on the engine task.
@@ -179,7 +181,7 @@ impl Engine {
             pings: Vec::new(),
             netchecks: Vec::new(),
             status_tx,
-            stats: Stats::default(),
+            stats: DataPlaneCounters::default(),
             utx,
             ttx: TunTx::new(mtu),
         };
@@ -215,13 +217,23 @@ impl Drop for DerpConn {
     }
 }
 
-#[derive(Debug, Default)]
-struct Stats {
-    bad_datagrams: u64,
-    bad_derp: u64,
-    tun_send_errors: u64,
-    udp_send_errors: u64,
-    filtered: u64,
+/// Per-packet trouble the data plane counted (never fatal; each is also traced), shown by
+/// `weft status --json` under `WeftDataPlane`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DataPlaneCounters {
+    /// Inbound packets from peers that the packet filter dropped.
+    pub filtered_in: u64,
+    /// Packets from the host that the outbound pre-checks dropped.
+    pub filtered_out: u64,
+    /// UDP datagrams that were neither valid WireGuard, disco nor STUN for us.
+    pub bad_datagrams: u64,
+    /// DERP-relayed packets that were rejected.
+    pub bad_derp: u64,
+    /// Failed UDP sends.
+    pub udp_send_errors: u64,
+    /// Failed TUN writes (or a full test channel).
+    pub tun_send_errors: u64,
 }
 
 enum TunPort {
@@ -246,7 +258,7 @@ struct Driver {
     pings: Vec<(NodePublic, PingReply)>,
     netchecks: Vec<oneshot::Sender<NetReport>>,
     status_tx: watch::Sender<EngineStatus>,
-    stats: Stats,
+    stats: DataPlaneCounters,
     /// Encrypted datagrams waiting for one GSO send.
     utx: UdpTx,
     /// Decrypted packets waiting for one TUN write.
@@ -344,7 +356,7 @@ impl Driver {
             Ok(Some(len)) => match self.filter.check_inbound_bytes(&slot[..len], now) {
                 Verdict::Accept(_) => self.ttx.commit(len),
                 Verdict::Drop(d) => {
-                    self.stats.filtered += 1;
+                    self.stats.filtered_in += 1;
                     tracing::trace!(?d, "inbound packet dropped by filter");
                 }
             },
@@ -383,6 +395,7 @@ impl Driver {
         }
         if let Ok(view) = PacketView::parse(pkt) {
             if let Verdict::Drop(d) = self.filter.track_outbound(&view, now) {
+                self.stats.filtered_out += 1;
                 tracing::trace!(?d, "outbound packet dropped by pre-checks");
                 return;
             }
@@ -593,7 +606,7 @@ impl Driver {
                         self.ttx.push(&p);
                     }
                     Verdict::Drop(d) => {
-                        self.stats.filtered += 1;
+                        self.stats.filtered_in += 1;
                         tracing::trace!(?d, "inbound packet dropped by filter");
                     }
                 }
@@ -741,6 +754,7 @@ impl Driver {
                 home_derp: home,
                 net_report: s.net_report.clone(),
                 derp_connected,
+                counters: self.stats,
             };
             if *s == next {
                 return false;

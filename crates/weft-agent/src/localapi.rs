@@ -68,6 +68,9 @@ pub struct Status {
     /// Control URL in use.
     #[serde(rename = "ControlURL")]
     pub control_url: String,
+    /// Per-packet trouble the data plane counted (filter drops, bad datagrams, send errors).
+    #[serde(rename = "WeftDataPlane")]
+    pub data_plane: crate::engine::DataPlaneCounters,
 }
 
 /// One node in [`Status`].

@@ -379,6 +379,12 @@ async fn inbound_filter_drops_what_the_policy_forbids_and_passes_what_it_allows(
     while let Ok(p) = b.from_peers.try_recv() {
         assert_ne!(p, forbidden, "a forbidden datagram reached bravo's TUN");
     }
+    // bravo counted the drops and shows them in its status (`weft status --json`).
+    let s = wait_status(&b.client, "bravo to count filter drops", |s| {
+        s.data_plane.filtered_in >= 1
+    })
+    .await;
+    assert_eq!(s.data_plane.bad_datagrams, 0, "{:?}", s.data_plane);
 }
 
 async fn launch(dir: &std::path::Path) -> (Daemon, LocalClient) {

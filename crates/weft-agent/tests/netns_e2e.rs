@@ -529,14 +529,19 @@ fn ensure(ok: bool, what: impl FnOnce() -> String) -> Result<()> {
     }
 }
 
-/// How many inbound packets b's engine has logged as dropped by its packet filter
-/// (a trace-level line; evidence only, not asserted, since its wording may change).
-fn filter_drops(node: &Node) -> usize {
-    node.daemon.log().matches("dropped by filter").count()
+/// How many inbound packets the node's packet filter has dropped, from
+/// `weft status --json` (`WeftDataPlane.FilteredIn`).
+fn filter_drops(node: &Node) -> Result<u64> {
+    let j = node.weft(&["status", "--json"])?;
+    let v: serde_json::Value =
+        serde_json::from_str(&j).map_err(|e| Error::Check(format!("status --json: {e}")))?;
+    v["WeftDataPlane"]["FilteredIn"]
+        .as_u64()
+        .ok_or_else(|| Error::Check(format!("no WeftDataPlane.FilteredIn in {j}")))
 }
 
 fn filter(h: &Harness) -> Result<()> {
-    // b's engine logs each inbound packet its filter drops (trace level).
+    // b's engine also logs each inbound packet its filter drops (trace level).
     let mut net = build_logging(h, Mapping::EndpointIndependent, "weft_agent::engine=trace")?;
     let a_ip = net.a.ipv4()?;
     let b_ip = net.b.ipv4()?;
@@ -592,7 +597,7 @@ fn filter(h: &Harness) -> Result<()> {
     })?;
 
     // In the same run, from a: port 22 keeps timing out while port 80 keeps answering.
-    let drops_before = filter_drops(&net.b);
+    let drops_before = filter_drops(&net.b)?;
     for round in 0..3 {
         let p22 = connect(&net.a.ns, &python, b_ip, 22)?;
         ensure(p22 == "timeout", || {
@@ -612,10 +617,22 @@ fn filter(h: &Harness) -> Result<()> {
     ensure(log80.contains(&from_a), || {
         format!("b's port-80 listener never accepted a: {log80}")
     })?;
+    // b counted at least one dropped SYN per blocked connect (status is republished every
+    // second, so poll).
+    let dropped = wait_for("b's status to count the dropped SYNs", WAIT, || {
+        let n = filter_drops(&net.b)
+            .map_err(|e| e.to_string())?
+            .saturating_sub(drops_before);
+        if n >= 3 {
+            Ok(n)
+        } else {
+            Err(format!("{n} drops counted"))
+        }
+    })?;
     eprintln!(
-        "during 3 blocked connects to port 22 (each a SYN and its retransmit), b's engine \
-         logged {} inbound packets dropped by its filter",
-        filter_drops(&net.b).saturating_sub(drops_before)
+        "during 3 blocked connects to port 22 (each a SYN and its retransmits), b's filter \
+         dropped {dropped} inbound packets (WeftDataPlane.FilteredIn); its trace log names {}",
+        net.b.daemon.log().matches("dropped by filter").count()
     );
 
     // Policy: ports 80 and 22. Port 22 from a is answered within seconds.
