@@ -3,233 +3,87 @@
 //! rotation, seamless re-login that keeps the old key working until the new one is
 //! authorised, device approval for pre-auth keys.
 
-use std::sync::Arc;
+mod common;
+
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
+use common::{register, MapStream, TestServer, WAIT};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use time::OffsetDateTime;
 use tokio::time::timeout;
 use tower::ServiceExt;
-use weft_control::{decode_frame, Control, ControlConfig};
-use weft_key::{DiscoPrivate, MachinePrivate, NodePrivate, NodePublic};
-use weft_store::{NewPreauthKey, NewUser, Store};
-use weft_tailcfg::{
-    Hostinfo, MapRequest, MapResponse, RegisterAuth, RegisterRequest, RegisterResponse, Time,
-};
-use weft_ts2021::Ts2021Client;
+use weft_control::ControlConfig;
+use weft_key::NodePrivate;
+use weft_store::NewPreauthKey;
+use weft_tailcfg::{MapResponse, Time};
 
-const CAPVER: u16 = 130;
-const WAIT: Duration = Duration::from_secs(15);
+/// The server as these tests use it: every key belongs to alice and is reusable unless
+/// `tweak` says otherwise.
+struct Server(TestServer);
 
-struct Server {
-    control: Control,
-    url: String,
-    store: Arc<dyn Store>,
-    _dir: tempfile::TempDir,
-}
-
-async fn start(tweak: impl FnOnce(&mut ControlConfig)) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let store = weft_store::open(&weft_store::sqlite_url_for_dir(dir.path()))
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let mut cfg = ControlConfig::new(&url);
-    tweak(&mut cfg);
-    let control = Control::new(cfg, store.clone()).await.unwrap();
-    let app = control.public_router(None);
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    Server {
-        control,
-        url,
-        store,
-        _dir: dir,
+impl Deref for Server {
+    type Target = TestServer;
+    fn deref(&self) -> &TestServer {
+        &self.0
     }
 }
 
 impl Server {
     async fn key(&self, tweak: impl FnOnce(&mut NewPreauthKey)) -> String {
-        let user = match self.store.get_user_by_name("alice").await {
-            Ok(u) => u,
-            Err(_) => self
-                .store
-                .create_user(NewUser {
-                    name: "alice".into(),
-                    ..NewUser::default()
-                })
-                .await
-                .unwrap(),
-        };
-        let mut k = NewPreauthKey {
-            user_id: user.id,
-            reusable: true,
-            ..NewPreauthKey::default()
-        };
-        tweak(&mut k);
-        self.store.create_preauth_key(k).await.unwrap().1
-    }
-
-    async fn admin_post(&self, path: &str) -> u16 {
-        let resp = self
-            .control
-            .admin_router()
-            .oneshot(
-                axum::http::Request::post(path)
-                    .body(axum::body::Body::empty())
-                    .unwrap(),
-            )
+        self.0
+            .key("alice", |k| {
+                k.reusable = true;
+                tweak(k)
+            })
             .await
-            .unwrap();
-        resp.status().as_u16()
-    }
-
-    async fn node(&self, key: &NodePublic) -> weft_store::Node {
-        self.store.get_node_by_node_key(key).await.unwrap()
     }
 }
 
-struct Machine {
-    client: Ts2021Client,
-    node: NodePrivate,
-    disco: DiscoPrivate,
-    hostname: String,
+/// A server without DERP map or base domain, configured by `tweak`.
+async fn start(tweak: impl FnOnce(&mut ControlConfig)) -> Server {
+    Server(common::start_plain(tweak).await)
+}
+
+/// A machine whose map streams take a time limit on every read.
+struct Machine(common::Machine);
+
+impl Deref for Machine {
+    type Target = common::Machine;
+    fn deref(&self) -> &common::Machine {
+        &self.0
+    }
+}
+
+impl DerefMut for Machine {
+    fn deref_mut(&mut self) -> &mut common::Machine {
+        &mut self.0
+    }
 }
 
 impl Machine {
-    async fn connect(s: &Server, hostname: &str) -> Machine {
-        let server = weft_ts2021::fetch_server_key(&s.url, CAPVER).await.unwrap();
-        let client = weft_ts2021::dial(&s.url, &MachinePrivate::generate(), server, CAPVER)
-            .await
-            .unwrap();
-        Machine {
-            client,
-            node: NodePrivate::generate(),
-            disco: DiscoPrivate::generate(),
-            hostname: hostname.into(),
-        }
-    }
-
     async fn joined(s: &Server, hostname: &str, key: &str) -> Machine {
-        let m = Machine::connect(s, hostname).await;
-        let r = m.register(&m.request(Some(key))).await;
-        assert_eq!(r.error, "");
-        m
+        Machine(common::Machine::joined(s, hostname, key).await)
     }
 
-    fn request(&self, auth_key: Option<&str>) -> RegisterRequest {
-        RegisterRequest {
-            version: CAPVER as i64,
-            node_key: self.node.public(),
-            auth: auth_key.map(|k| RegisterAuth {
-                auth_key: k.into(),
-                ..RegisterAuth::default()
-            }),
-            hostinfo: Some(Hostinfo::new().with_hostname(&self.hostname)),
-            ..RegisterRequest::default()
-        }
-    }
-
-    async fn register(&self, req: &RegisterRequest) -> RegisterResponse {
-        register(&self.client, req).await
-    }
-
-    fn map_request(&self, node_key: NodePublic, stream: bool) -> MapRequest {
-        MapRequest {
-            version: CAPVER as i64,
-            compress: "zstd".into(),
-            keep_alive: true,
-            node_key,
-            disco_key: self.disco.public(),
-            stream,
-            hostinfo: Some(Hostinfo::new().with_hostname(&self.hostname)),
-            ..MapRequest::default()
-        }
-    }
-
-    async fn open_stream(&self) -> MapStream {
-        let resp = timeout(
-            WAIT,
-            self.client
-                .post_json("/machine/map", &self.map_request(self.node.public(), true)),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        assert_eq!(resp.status(), 200);
-        MapStream {
-            body: resp.into_body(),
-            buf: Vec::new(),
-        }
-    }
-
-    /// Status of a one-shot (non-streaming) map request made with `node_key`.
-    async fn map_status(&self, node_key: NodePublic) -> u16 {
-        let resp = timeout(
-            WAIT,
-            self.client
-                .post_json("/machine/map", &self.map_request(node_key, false)),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        resp.status().as_u16()
+    async fn open_stream(&self) -> Stream {
+        Stream(self.0.open_stream().await)
     }
 }
 
-async fn register(client: &Ts2021Client, req: &RegisterRequest) -> RegisterResponse {
-    let resp = timeout(WAIT, client.post_json("/machine/register", req))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body = weft_ts2021::read_body(resp, 1 << 20).await.unwrap();
-    serde_json::from_slice(&body).unwrap()
-}
+struct Stream(MapStream);
 
-struct MapStream {
-    body: Incoming,
-    buf: Vec<u8>,
-}
-
-impl MapStream {
+impl Stream {
     async fn next(&mut self, within: Duration) -> MapResponse {
-        timeout(within, async {
-            loop {
-                if let Some((m, used)) = decode_frame(&self.buf, true).unwrap() {
-                    self.buf.drain(..used);
-                    return m;
-                }
-                let frame = self
-                    .body
-                    .frame()
-                    .await
-                    .expect("stream ended")
-                    .expect("stream error");
-                if let Ok(data) = frame.into_data() {
-                    self.buf.extend_from_slice(&data);
-                }
-            }
-        })
-        .await
-        .expect("no map frame in time")
+        self.0.next_within(within).await
     }
 
-    /// The first non-keep-alive message satisfying `pred`, all within `within`.
     async fn next_matching(
         &mut self,
         within: Duration,
         pred: impl Fn(&MapResponse) -> bool,
     ) -> MapResponse {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let m = self.next(left).await;
-            if !m.keep_alive && pred(&m) {
-                return m;
-            }
-        }
+        self.0.next_matching_within(within, pred).await
     }
 }
 
