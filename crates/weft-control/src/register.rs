@@ -428,19 +428,38 @@ pub(crate) async fn complete_session(
         .requested_expiry
         .map(crate::convert::to_time)
         .unwrap_or(Time::ZERO);
+    // `--advertise-tags` (Hostinfo.RequestTags): the user who logs in must own every
+    // requested tag under the policy's tagOwners, as with a pre-auth key; otherwise the
+    // login is refused rather than silently leaving the node untagged.
+    let mut request_tags = hostinfo.request_tags();
+    if !request_tags.is_empty() {
+        let login = crate::convert::user_info(&user).login_name;
+        if !request_tags.iter().all(|t| t.starts_with("tag:"))
+            || !c.may_use_tags(&login, &user.groups, &request_tags)
+        {
+            tracing::info!(user = %user.name, tags = ?request_tags, "requested tags refused");
+            return Err(ApiError::Unauthorized(format!(
+                "requested tags [{}] are invalid or not permitted for {login}",
+                request_tags.join(", ")
+            )));
+        }
+        request_tags.sort();
+        request_tags.dedup();
+    }
     let _w = c.inner.write.lock().await;
     let existing = optional(store.get_node_by_machine_key(&s.machine_key).await)?;
     let node = match existing {
         Some(n) => {
-            let keep_tags = n.user_id == user.id && !n.tags.is_empty();
-            let expiry = key_expiry_for(c, keep_tags, now, requested);
+            let keep_tags = n.user_id == user.id && !n.tags.is_empty() && request_tags.is_empty();
+            let tagged = keep_tags || !request_tags.is_empty();
+            let expiry = key_expiry_for(c, tagged, now, requested);
             let r = NodeReregistration {
                 node_key: s.node_key,
                 user_id: user.id,
                 hostinfo: Some(merge_hostinfo(&n.hostinfo, &hostinfo)),
                 expiry,
                 auth_key_id: None,
-                tags: (!keep_tags).then(Vec::new),
+                tags: (!keep_tags).then(|| request_tags.clone()),
                 ephemeral: s.ephemeral,
                 // With device approval required, a re-login keeps the node's approval state.
                 approved: (!c.inner.cfg.require_approval).then_some(true),
@@ -459,12 +478,12 @@ pub(crate) async fn complete_session(
                 hostname,
                 hostinfo: s.hostinfo.clone(),
                 endpoints: Vec::new(),
-                tags: Vec::new(),
+                expiry: key_expiry_for(c, !request_tags.is_empty(), now, requested),
+                tags: request_tags,
                 approved_routes: Vec::new(),
                 auth_key_id: None,
                 ephemeral: s.ephemeral,
                 approved: !c.inner.cfg.require_approval,
-                expiry: key_expiry_for(c, false, now, requested),
             };
             store.create_node(new, now_odt).await?
         }

@@ -277,6 +277,46 @@ async fn advertised_tags_are_applied_only_when_the_user_owns_them() {
     assert_eq!(nodes[0].tags, vec!["tag:web".to_string()]);
 }
 
+/// Starts an interactive login (no key) that advertises tag:web; returns the auth ID.
+async fn begin_tagged_login(m: &Machine) -> String {
+    let mut req = m.register_request(None);
+    let hi = req.hostinfo.as_mut().unwrap();
+    hi.0.insert("RequestTags".into(), serde_json::json!(["tag:web"]));
+    let r = m.register(&req).await;
+    assert!(!r.auth_url.is_empty(), "{r:?}");
+    r.auth_url.rsplit('/').next().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn interactive_logins_get_advertised_tags_only_when_the_user_owns_them() {
+    let ts = start().await;
+    ts.control
+        .set_policy_text(OWN_PORT_80, "admin")
+        .await
+        .unwrap();
+    let alice = ts.user("alice").await;
+    let bob = ts.user("bob").await;
+    let b = Machine::connect(&ts, "beta").await;
+    let auth_b = begin_tagged_login(&b).await;
+    let err = ts
+        .control
+        .complete_auth_session(&auth_b, bob.id)
+        .await
+        .expect_err("bob does not own tag:web");
+    assert!(err.to_string().contains("not permitted"), "{err}");
+    assert!(ts.store.list_nodes().await.unwrap().is_empty());
+
+    let a = Machine::connect(&ts, "alpha").await;
+    let auth_a = begin_tagged_login(&a).await;
+    let node = ts
+        .control
+        .complete_auth_session(&auth_a, alice.id)
+        .await
+        .unwrap();
+    assert_eq!(node.tags, vec!["tag:web".to_string()]);
+    assert_eq!(node.expiry, None, "tagged nodes do not expire");
+}
+
 #[tokio::test]
 async fn tagging_a_node_recomputes_only_what_changed_and_pushes_it_at_once() {
     use tower::ServiceExt;
