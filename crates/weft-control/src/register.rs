@@ -160,6 +160,31 @@ async fn logout(c: &Control, n: weft_store::Node, now: Time) -> Result<RegisterR
     Ok(resp)
 }
 
+/// `requested` tags (`Hostinfo.RequestTags`), sorted and deduplicated, if `user` owns every
+/// one under the policy's tagOwners; otherwise the message that refuses them.
+fn owned_tags(
+    c: &Control,
+    user: &weft_store::User,
+    mut requested: Vec<String>,
+) -> Result<Vec<String>, String> {
+    if requested.is_empty() {
+        return Ok(requested);
+    }
+    let login = crate::convert::user_info(user).login_name;
+    if !requested.iter().all(|t| t.starts_with("tag:"))
+        || !c.may_use_tags(&login, &user.groups, &requested)
+    {
+        tracing::info!(user = %user.name, tags = ?requested, "requested tags refused");
+        return Err(format!(
+            "requested tags [{}] are invalid or not permitted for {login}",
+            requested.join(", ")
+        ));
+    }
+    requested.sort();
+    requested.dedup();
+    Ok(requested)
+}
+
 fn key_expiry_for(c: &Control, tagged: bool, now: Time, requested: Time) -> Option<OffsetDateTime> {
     if tagged {
         return None;
@@ -204,20 +229,10 @@ async fn with_preauth_key(
         .unwrap_or_default();
     if tags.is_empty() && !requested.is_empty() {
         let user = store.get_user(key.user_id).await?;
-        let login = crate::convert::user_info(&user).login_name;
-        if !requested.iter().all(|t| t.starts_with("tag:"))
-            || !c.may_use_tags(&login, &user.groups, &requested)
-        {
-            tracing::info!(user = %user.name, tags = ?requested, "requested tags refused");
-            return Ok(RegisterResponse::error(format!(
-                "requested tags [{}] are invalid or not permitted for {}",
-                requested.join(", "),
-                login
-            )));
+        match owned_tags(c, &user, requested) {
+            Ok(t) => tags = t,
+            Err(why) => return Ok(RegisterResponse::error(why)),
         }
-        tags = requested;
-        tags.sort();
-        tags.dedup();
     }
     let _w = c.inner.write.lock().await;
     let existing = optional(store.get_node_by_machine_key(&peer.machine).await)?;
@@ -431,21 +446,8 @@ pub(crate) async fn complete_session(
     // `--advertise-tags` (Hostinfo.RequestTags): the user who logs in must own every
     // requested tag under the policy's tagOwners, as with a pre-auth key; otherwise the
     // login is refused rather than silently leaving the node untagged.
-    let mut request_tags = hostinfo.request_tags();
-    if !request_tags.is_empty() {
-        let login = crate::convert::user_info(&user).login_name;
-        if !request_tags.iter().all(|t| t.starts_with("tag:"))
-            || !c.may_use_tags(&login, &user.groups, &request_tags)
-        {
-            tracing::info!(user = %user.name, tags = ?request_tags, "requested tags refused");
-            return Err(ApiError::Unauthorized(format!(
-                "requested tags [{}] are invalid or not permitted for {login}",
-                request_tags.join(", ")
-            )));
-        }
-        request_tags.sort();
-        request_tags.dedup();
-    }
+    let request_tags = owned_tags(c, &user, hostinfo.request_tags())
+        .map_err(ApiError::Unauthorized)?;
     let _w = c.inner.write.lock().await;
     let existing = optional(store.get_node_by_machine_key(&s.machine_key).await)?;
     let node = match existing {
