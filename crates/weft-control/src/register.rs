@@ -446,8 +446,8 @@ pub(crate) async fn complete_session(
     // `--advertise-tags` (Hostinfo.RequestTags): the user who logs in must own every
     // requested tag under the policy's tagOwners, as with a pre-auth key; otherwise the
     // login is refused rather than silently leaving the node untagged.
-    let request_tags = owned_tags(c, &user, hostinfo.request_tags())
-        .map_err(ApiError::Unauthorized)?;
+    let request_tags =
+        owned_tags(c, &user, hostinfo.request_tags()).map_err(ApiError::Unauthorized)?;
     let _w = c.inner.write.lock().await;
     let existing = optional(store.get_node_by_machine_key(&s.machine_key).await)?;
     let node = match existing {
