@@ -8,7 +8,7 @@ bad=0
 for c in "${pure[@]}"; do
   [ -d "crates/$c" ] || continue
   hits=$(cargo tree -p "$c" -e normal --prefix none 2>/dev/null \
-    | grep -E '^(tokio|mio|socket2|tun-rs|sqlx|sqlx-core|axum|hyper|hyper-util|reqwest) ' | sort -u || true)
+    | grep -E '^(tokio|mio|socket2|tun-rs|quinn-udp|sqlx|sqlx-core|axum|hyper|hyper-util|reqwest) ' | sort -u || true)
   if [ -n "$hits" ]; then
     echo "layer violation: pure crate $c depends on:"; echo "$hits" | sed 's/^/  /'
     bad=1
