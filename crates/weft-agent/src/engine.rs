@@ -275,7 +275,7 @@ impl Driver {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let udp = self.udp.clone();
         let mut urx = UdpRx::default();
-        let dev = match &self.tun {
+        let mut dev = match &self.tun {
             TunPort::Device(d) => Some(d.clone()),
             TunPort::Channels(_) => None,
         };
@@ -290,8 +290,9 @@ impl Driver {
                 r = device_readable(dev.as_deref()) => match (r, dev.as_deref()) {
                     (Ok(()), Some(d)) => self.on_tun_readable(d, &mut trx).await,
                     (Err(e), _) => {
+                        // Keep serving disco, DERP and the control plane; only reads stop.
                         tracing::warn!(error = %e, "TUN device failed; no more reads");
-                        return;
+                        dev = None;
                     }
                     (Ok(()), None) => {}
                 },
