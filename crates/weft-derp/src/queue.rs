@@ -17,6 +17,8 @@ struct Queues {
     control: VecDeque<Frame>,
     dropped: u64,
     closed: bool,
+    /// The writer should close the connection once everything queued is written.
+    finishing: bool,
 }
 
 /// Frames waiting for one connection's writer task.
@@ -118,6 +120,26 @@ impl ClientQueue {
 
     pub(crate) async fn wait(&self) {
         self.notify.notified().await;
+    }
+
+    /// Queues `frame` as the last one: the writer closes the connection once it and
+    /// everything queued before it are written (a server restart notice).
+    pub(crate) fn push_last(&self, frame: Frame) {
+        {
+            let mut q = self.q.lock().expect("queue lock");
+            if q.closed {
+                return;
+            }
+            q.control.push_back(frame);
+            q.finishing = true;
+        }
+        self.notify.notify_one();
+    }
+
+    /// True once [`ClientQueue::push_last`] ran and everything queued has been taken.
+    pub(crate) fn finished(&self) -> bool {
+        let q = self.q.lock().expect("queue lock");
+        q.finishing && q.control.is_empty() && q.disco.is_empty() && q.data.is_empty()
     }
 
     pub(crate) fn dropped(&self) -> u64 {

@@ -99,6 +99,8 @@ pub struct DerpServer {
     next_mesh: AtomicU32,
     queue_drops: AtomicU64,
     shutdown: CancellationToken,
+    /// Notified whenever a connection ends.
+    closed: tokio::sync::Notify,
 }
 
 impl DerpServer {
@@ -117,6 +119,7 @@ impl DerpServer {
             next_mesh: AtomicU32::new(1),
             queue_drops: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
+            closed: tokio::sync::Notify::new(),
         })
     }
 
@@ -158,6 +161,45 @@ impl DerpServer {
     /// Closes every connection and stops mesh links.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
+    }
+
+    /// Tells every connected client that the server is restarting (a `Restarting` frame:
+    /// reconnect in `reconnect_in`, keep trying for `try_for`), closes each connection once
+    /// what was queued for it is written, and returns when all are closed or `grace` has
+    /// passed; then [`DerpServer::shutdown`]s. New connections are still accepted until then.
+    pub async fn shutdown_gracefully(
+        &self,
+        reconnect_in: Duration,
+        try_for: Duration,
+        grace: Duration,
+    ) {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        let queues: Vec<Arc<ClientQueue>> = {
+            let sh = self.lock();
+            sh.conns.values().map(|h| h.queue.clone()).collect()
+        };
+        info!(clients = queues.len(), "announcing restart to DERP clients");
+        for q in &queues {
+            q.push_last(Frame::Restarting {
+                reconnect_in_ms: ms(reconnect_in),
+                try_for_ms: ms(try_for),
+            });
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            // Registered before the check, so a close in between is not missed.
+            let closed = self.closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if self.lock().conns.is_empty() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                debug!("restart grace period over; closing the rest");
+                break;
+            }
+        }
+        self.shutdown();
     }
 
     pub(crate) fn shutdown_token(&self) -> CancellationToken {
@@ -428,6 +470,7 @@ impl DerpServer {
             sh.core.handle_disconnect(conn);
             self.drain(&mut sh);
         }
+        self.closed.notify_waiters();
         let _ = writer.await;
         debug!(client = %key.short(), conn = conn.0, dropped = queue.dropped(), "client disconnected");
     }
@@ -534,6 +577,10 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
         };
         if let Err(e) = res {
             debug!(error = %e, "write failed, closing connection");
+            break;
+        }
+        if queue.finished() {
+            debug!("restart notice written, closing connection");
             break;
         }
         if out.capacity() > 256 << 10 {

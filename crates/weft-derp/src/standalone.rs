@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use tokio::net::{TcpListener, UdpSocket};
@@ -176,7 +177,23 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// What a restarting server asks its clients: reconnect after this long...
+pub const RESTART_RECONNECT_IN: Duration = Duration::from_secs(1);
+/// ...and keep trying for this long.
+pub const RESTART_TRY_FOR: Duration = Duration::from_secs(60);
+/// How long a graceful stop waits for the restart notices to be written.
+pub const RESTART_GRACE: Duration = Duration::from_secs(2);
+
 impl Running {
+    /// Tells every client the server is restarting (`Restarting` frame), waits up to
+    /// [`RESTART_GRACE`] for the notices to go out, then stops like [`Running::stop`].
+    pub async fn stop_gracefully(&self) {
+        self.server
+            .shutdown_gracefully(RESTART_RECONNECT_IN, RESTART_TRY_FOR, RESTART_GRACE)
+            .await;
+        self.stop();
+    }
+
     /// Stops listeners, connections and mesh links.
     pub fn stop(&self) {
         self.server.shutdown();
@@ -372,7 +389,7 @@ pub async fn run(cfg: StandaloneConfig) -> Result<(), StandaloneError> {
     let running = start(cfg).await?;
     wait_for_signal().await;
     info!("shutting down");
-    running.stop();
+    running.stop_gracefully().await;
     Ok(())
 }
 
@@ -404,7 +421,7 @@ pub async fn accept_loop(
             Err(e) => {
                 warn!(error = %e, "accept");
                 // Out of file descriptors and similar: back off briefly.
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -416,9 +433,7 @@ pub async fn accept_loop(
             match tls {
                 None => server.serve_conn(tcp, remote, router).await,
                 Some(acc) => {
-                    match tokio::time::timeout(std::time::Duration::from_secs(30), acc.accept(tcp))
-                        .await
-                    {
+                    match tokio::time::timeout(Duration::from_secs(30), acc.accept(tcp)).await {
                         Ok(Ok(s)) => server.serve_conn(s, remote, router).await,
                         Ok(Err(e)) => debug!(%remote, error = %e, "tls handshake"),
                         Err(_) => debug!(%remote, "tls handshake timed out"),

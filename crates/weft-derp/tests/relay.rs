@@ -523,3 +523,39 @@ async fn tls_mesh_verifies_peers_against_the_shared_certificate() {
     a.send(bk, Bytes::from_static(b"tls mesh")).await.unwrap();
     assert_eq!(recv_within(&mut b).await.1, Bytes::from_static(b"tls mesh"));
 }
+
+#[tokio::test]
+async fn a_graceful_stop_tells_clients_to_reconnect_then_closes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = plain_server(&dir, "r").await;
+    let mut a = connect(&url(&srv)).await;
+    let mut b = connect(&url(&srv)).await;
+    let started = Instant::now();
+    tokio::time::timeout(DEADLINE, srv.stop_gracefully())
+        .await
+        .expect("graceful stop within the deadline");
+    assert!(
+        started.elapsed() < standalone::RESTART_GRACE,
+        "both connections closed before the grace period ran out"
+    );
+    for c in [&mut a, &mut b] {
+        let ev = tokio::time::timeout(DEADLINE, c.recv_event())
+            .await
+            .expect("an event within the deadline")
+            .expect("the restart notice before the close");
+        assert_eq!(
+            ev,
+            ClientEvent::Restarting {
+                reconnect_in: standalone::RESTART_RECONNECT_IN,
+                try_for: standalone::RESTART_TRY_FOR,
+            }
+        );
+        assert!(
+            tokio::time::timeout(DEADLINE, c.recv_event())
+                .await
+                .expect("the close within the deadline")
+                .is_err(),
+            "the connection is closed after the notice"
+        );
+    }
+}

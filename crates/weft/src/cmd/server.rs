@@ -89,7 +89,7 @@ fn ensure_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// The embedded relay and its DERP map.
 struct EmbeddedDerp {
-    _running: weft_derp::standalone::Running,
+    running: weft_derp::standalone::Running,
     map: DerpMap,
 }
 
@@ -158,10 +158,7 @@ async fn start_embedded_derp(
         },
     );
     tracing::info!(derp = %running.derp_addr, stun = ?running.stun_addr, "embedded DERP relay running (region 900)");
-    Ok(EmbeddedDerp {
-        _running: running,
-        map,
-    })
+    Ok(EmbeddedDerp { running, map })
 }
 
 async fn serve_tls(
@@ -267,13 +264,13 @@ pub(crate) async fn run(a: ServerArgs) -> anyhow::Result<()> {
     let mut cfg = ControlConfig::new(&url);
     cfg.apply_file(&file)?;
     let derp_map_path = a.derp_map.clone().or(file.derp_map_path.clone());
-    let mut _embedded = None;
+    let mut embedded = None;
     if let Some(p) = &derp_map_path {
         cfg.derp_map = weft_control::load_derp_map(p)?;
     } else if !a.no_derp {
         let e = start_embedded_derp(&data_dir, &url, bound, a.derp_listen, a.stun_listen).await?;
         cfg.derp_map = e.map.clone();
-        _embedded = Some(e);
+        embedded = Some(e);
     }
     if cfg.derp_map.regions.is_empty() {
         tracing::warn!(
@@ -321,6 +318,10 @@ pub(crate) async fn run(a: ServerArgs) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving HTTP")?;
+    if let Some(e) = &embedded {
+        // Clients reconnect to the next instance promptly instead of on their own timers.
+        e.running.stop_gracefully().await;
+    }
     store.close().await;
     let _ = std::fs::remove_file(&sock);
     Ok(())
