@@ -16,6 +16,7 @@
 //! | POST | `/api/v1/nodes/{id}/tags` | [`SetTags`] → `NodeInfo` |
 //! | POST | `/api/v1/nodes/{id}/approve` | → `NodeInfo` |
 //! | POST | `/api/v1/nodes/{id}/key-expiry` | [`SetKeyExpiry`] → `NodeInfo` |
+//! | POST | `/api/v1/nodes/{id}/routes` | [`SetRoutes`] → `NodeInfo` (replaces the approved routes) |
 //! | POST | `/api/v1/nodes/register` | [`RegisterNode`] → `NodeInfo` |
 //! | GET | `/api/v1/registrations` | → pending interactive logins |
 //! | GET | `/api/v1/policy` | → [`PolicyInfo`] with text (404 when none: allow all) |
@@ -166,6 +167,20 @@ pub struct NodeInfo {
     pub endpoints: Vec<String>,
     /// Created.
     pub created: Time,
+    /// Routes the node advertises (`Hostinfo.RoutableIPs`).
+    #[serde(default)]
+    pub advertised_routes: Vec<String>,
+    /// Routes approved for the node (by an admin or the policy's autoApprovers), whether
+    /// or not it advertises them.
+    #[serde(default)]
+    pub approved_routes: Vec<String>,
+    /// Subnet routes the node is primary for (what peers get as its `PrimaryRoutes`).
+    #[serde(default)]
+    pub primary_routes: Vec<String>,
+    /// Routes peers send through the node now: the subnet routes it is primary for plus
+    /// its approved exit routes (advertised and approved, beyond its own addresses).
+    #[serde(default)]
+    pub serving_routes: Vec<String>,
 }
 
 /// `POST /api/v1/nodes/{id}/rename`.
@@ -187,6 +202,14 @@ pub struct SetKeyExpiry {
 pub struct SetTags {
     /// New tags (`tag:name`); empty clears.
     pub tags: Vec<String>,
+}
+
+/// `POST /api/v1/nodes/{id}/routes`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SetRoutes {
+    /// Approved routes (CIDR prefixes); replaces the set, empty clears. Approving
+    /// `0.0.0.0/0` or `::/0` approves both (the exit-node pair).
+    pub routes: Vec<String>,
 }
 
 /// `POST /api/v1/nodes/register`.
@@ -224,6 +247,7 @@ pub fn router(c: Control) -> Router {
         .route("/api/v1/nodes/{id}/tags", post(tag_node))
         .route("/api/v1/nodes/{id}/approve", post(approve_node))
         .route("/api/v1/nodes/{id}/key-expiry", post(set_key_expiry))
+        .route("/api/v1/nodes/{id}/routes", post(set_routes))
         .route("/api/v1/registrations", get(list_registrations))
         .route("/api/v1/policy", get(get_policy).post(set_policy))
         .route("/api/v1/policy/check", post(check_policy))
@@ -320,7 +344,25 @@ async fn node_out(c: &Control, n: &weft_store::Node) -> NodeInfo {
         .await
         .map(|u| u.name)
         .unwrap_or_else(|_| n.user_id.to_string());
-    let online = c.inner.hub.node(n.id.0).is_some_and(|s| s.online);
+    let snap = c.inner.hub.snapshot();
+    let state = snap.nodes.get(&n.id.0);
+    let online = state.is_some_and(|s| s.online);
+    let strs = |v: &[ipnet::IpNet]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let advertised = crate::convert::hostinfo_of(&n.hostinfo).routable_ips();
+    let (primary, serving) = match state {
+        Some(s) => {
+            let peer = weft_mapper::peer_node(&snap, s, c.now());
+            let own = peer.addresses.len();
+            let serving: Vec<ipnet::IpNet> = peer
+                .allowed_ips
+                .unwrap_or_default()
+                .into_iter()
+                .skip(own)
+                .collect();
+            (strs(&peer.primary_routes), strs(&serving))
+        }
+        None => (Vec::new(), Vec::new()),
+    };
     NodeInfo {
         id: n.id.0,
         name: n.given_name.clone(),
@@ -340,6 +382,10 @@ async fn node_out(c: &Control, n: &weft_store::Node) -> NodeInfo {
         key_expiry_disabled: n.key_expiry_disabled,
         endpoints: n.endpoints.iter().map(|e| e.to_string()).collect(),
         created: to_time(n.created_at),
+        advertised_routes: strs(&advertised),
+        approved_routes: strs(&n.approved_routes),
+        primary_routes: primary,
+        serving_routes: serving,
     }
 }
 
@@ -609,6 +655,46 @@ async fn set_key_expiry(
         store.set_node_key_expiry_disabled(id, req.disabled).await
     })
     .await
+}
+
+/// Parses approved routes: each a CIDR prefix with no host bits set. Either exit route
+/// brings the other (Tailscale treats `0.0.0.0/0` and `::/0` as one exit-node pair).
+/// Sorted, without duplicates.
+pub fn parse_routes(routes: &[String]) -> Result<Vec<ipnet::IpNet>, ApiError> {
+    let mut out = std::collections::BTreeSet::new();
+    for r in routes.iter().map(|r| r.trim()).filter(|r| !r.is_empty()) {
+        let net: ipnet::IpNet = r.parse().map_err(|_| {
+            ApiError::BadRequest(format!(
+                "invalid route {r:?}: want a CIDR prefix such as 10.0.0.0/24, fd00::/64 or 0.0.0.0/0"
+            ))
+        })?;
+        if net.trunc() != net {
+            return Err(ApiError::BadRequest(format!(
+                "invalid route {r:?}: host bits are set (did you mean {}?)",
+                net.trunc()
+            )));
+        }
+        out.insert(net);
+    }
+    if out.iter().any(|r| r.prefix_len() == 0) {
+        out.extend(crate::convert::exit_routes());
+    }
+    Ok(out.into_iter().collect())
+}
+
+async fn set_routes(
+    State(c): State<Control>,
+    UrlPath(id): UrlPath<String>,
+    Json(req): Json<SetRoutes>,
+) -> Result<Json<NodeInfo>, ApiError> {
+    let routes = parse_routes(&req.routes)?;
+    let shown: Vec<String> = routes.iter().map(ToString::to_string).collect();
+    let out = mutate_node(&c, &id, |store, id| async move {
+        store.set_node_approved_routes(id, routes).await
+    })
+    .await?;
+    tracing::info!(node = out.id, routes = ?shown, "approved routes set");
+    Ok(out)
 }
 
 async fn register_node(

@@ -99,3 +99,11 @@ pub fn user_and_login(u: &weft_store::User) -> (User, Login) {
         },
     )
 }
+
+/// The exit-node pair, `0.0.0.0/0` and `::/0` (approved and advertised together).
+pub fn exit_routes() -> [ipnet::IpNet; 2] {
+    [
+        ipnet::IpNet::V4(ipnet::Ipv4Net::default()),
+        ipnet::IpNet::V6(ipnet::Ipv6Net::default()),
+    ]
+}

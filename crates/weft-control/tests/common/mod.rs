@@ -152,6 +152,31 @@ impl TestServer {
         resp.status().as_u16()
     }
 
+    /// Status and JSON answer of a JSON POST (or a GET if `body` is `None`) to the admin API.
+    #[allow(dead_code)]
+    pub(crate) async fn admin_json(
+        &self,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let req = match body {
+            Some(b) => axum::http::Request::post(path)
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(serde_json::to_vec(&b).unwrap())),
+            None => axum::http::Request::get(path).body(axum::body::Body::empty()),
+        };
+        let resp = self
+            .control
+            .admin_router()
+            .oneshot(req.unwrap())
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (status, v)
+    }
+
     /// The stored node with node key `key`, which must exist.
     #[allow(dead_code)]
     pub(crate) async fn node(&self, key: &NodePublic) -> weft_store::Node {
@@ -262,14 +287,15 @@ impl Machine {
     }
 
     pub(crate) async fn open_stream(&self) -> MapStream {
-        let resp = timeout(
-            WAIT,
-            self.client
-                .post_json("/machine/map", &self.map_request(true)),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+        self.open_stream_with(&self.map_request(true)).await
+    }
+
+    /// Opens a map stream with a request of the caller's making.
+    pub(crate) async fn open_stream_with(&self, req: &MapRequest) -> MapStream {
+        let resp = timeout(WAIT, self.client.post_json("/machine/map", req))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(resp.status(), 200);
         MapStream {
             body: resp.into_body(),

@@ -499,6 +499,30 @@ enum NodesSub {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Show advertised, approved and served subnet/exit routes.
+    #[command(alias = "list-routes")]
+    Routes {
+        /// Only this node.
+        #[arg(long, short)]
+        identifier: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Set a node's approved routes (replaces them; `--routes ""` clears). Approving
+    /// 0.0.0.0/0 or ::/0 makes the node an exit node (both are approved).
+    ApproveRoutes {
+        /// Node id.
+        #[arg(long, short)]
+        identifier: String,
+        /// Routes (CIDR[,CIDR...]).
+        #[arg(long, short, allow_hyphen_values = true)]
+        routes: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Complete an interactive login (the id at the end of the login URL).
     Register {
         /// User who owns the node.
@@ -616,6 +640,88 @@ pub(crate) async fn nodes(c: NodesCmd) -> anyhow::Result<()> {
             )
             .await?,
         )?,
+        NodesSub::Routes {
+            identifier,
+            json,
+            conn,
+        } => {
+            let only = identifier.as_deref().map(node_id).transpose()?;
+            let v = conn.call(Method::GET, "/api/v1/nodes", None).await?;
+            let nodes: Vec<NodeInfo> = serde_json::from_value(v)?;
+            let nodes: Vec<NodeInfo> = nodes
+                .into_iter()
+                .filter(|n| only.is_none_or(|id| n.id == id))
+                .collect();
+            if let (Some(id), true) = (only, nodes.is_empty()) {
+                bail!("node {id} not found (see `weft nodes list`)");
+            }
+            if json {
+                let out: Vec<Value> = nodes
+                    .iter()
+                    .map(|n| {
+                        json!({
+                            "id": n.id,
+                            "name": n.name,
+                            "hostname": n.hostname,
+                            "advertised_routes": n.advertised_routes,
+                            "approved_routes": n.approved_routes,
+                            "primary_routes": n.primary_routes,
+                            "serving_routes": n.serving_routes,
+                        })
+                    })
+                    .collect();
+                return print_json(&Value::Array(out));
+            }
+            let mut rows = vec![vec![
+                "ID".into(),
+                "HOSTNAME".into(),
+                "ADVERTISED".into(),
+                "APPROVED".into(),
+                "SERVING".into(),
+            ]];
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "-".to_string()
+                } else {
+                    v.join(",")
+                }
+            };
+            rows.extend(nodes.iter().map(|n| {
+                vec![
+                    n.id.to_string(),
+                    n.hostname.clone(),
+                    list(&n.advertised_routes),
+                    list(&n.approved_routes),
+                    list(&n.serving_routes),
+                ]
+            }));
+            table(rows);
+        }
+        NodesSub::ApproveRoutes {
+            identifier,
+            routes,
+            conn,
+        } => {
+            let routes: Vec<String> = routes
+                .split(',')
+                .map(|r| r.trim().to_string())
+                .filter(|r| !r.is_empty())
+                .collect();
+            let v = conn
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/nodes/{}/routes", node_id(&identifier)?),
+                    Some(json!({ "routes": routes })),
+                )
+                .await?;
+            let n: NodeInfo = serde_json::from_value(v)?;
+            println!(
+                "node {} {}: approved routes [{}]",
+                n.id,
+                n.name,
+                n.approved_routes.join(",")
+            );
+        }
         NodesSub::Register { user, key, conn } => print_node(
             conn.call(
                 Method::POST,
