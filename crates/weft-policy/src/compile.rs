@@ -661,6 +661,7 @@ impl Compiled {
                 src: vec![a.clone()],
                 dst: Vec::new(),
                 ip: Vec::new(),
+                app: None,
                 pos: rule.pos,
             };
             let b = self.selector_bits(a, |f| src_covers(&self.policy, &one, f));
@@ -792,6 +793,53 @@ impl Compiled {
                     }
                 }
             }
+            if let Some(app) = &rule.app {
+                // Capabilities apply to this node's own addresses that the grant's
+                // destinations cover (broad prefixes narrowed to the node), as peers
+                // look them up by (source, destination) address.
+                if in_dst && !st.src_strings.is_empty() {
+                    let dsts = self.covered_own_prefixes(rule, st, slot, f);
+                    push_cap_grant(&mut out, &st.src_strings, dsts, app);
+                }
+                if self_applies {
+                    let srcs = self.self_sources(st, f);
+                    if !srcs.is_empty() {
+                        push_cap_grant(
+                            &mut out,
+                            &srcs,
+                            f.node.addresses.iter().map(|a| IpNet::from(*a)).collect(),
+                            app,
+                        );
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// This node's addresses, as host prefixes, that the rule's destinations select.
+    fn covered_own_prefixes(
+        &self,
+        rule: &Rule,
+        st: &RuleState,
+        slot: usize,
+        f: &Facts,
+    ) -> Vec<IpNet> {
+        let mut out: Vec<IpNet> = Vec::new();
+        for (ti, t) in rule.dst.iter().enumerate() {
+            if !st.dst_nodes[ti].get(slot) {
+                continue;
+            }
+            for a in &f.node.addresses {
+                let covered = match &t.alias {
+                    Alias::Host(_, n) | Alias::Prefix(n) => n.contains(a),
+                    _ => true,
+                };
+                let p = IpNet::from(*a);
+                if covered && !out.contains(&p) {
+                    out.push(p);
+                }
+            }
         }
         out
     }
@@ -920,6 +968,27 @@ fn push_merged(
         src_ips: srcs.to_vec(),
         dst_ports: uniq,
         ip_proto: ip_proto.to_vec(),
+        ..FilterRule::default()
+    });
+}
+
+/// Adds a capability grant for `srcs` on `dsts`.
+fn push_cap_grant(
+    out: &mut Vec<FilterRule>,
+    srcs: &[String],
+    dsts: Vec<IpNet>,
+    app: &weft_tailcfg::CapMap,
+) {
+    if dsts.is_empty() {
+        return;
+    }
+    out.push(FilterRule {
+        src_ips: srcs.to_vec(),
+        cap_grant: vec![weft_tailcfg::CapGrant {
+            dsts,
+            cap_map: Some(app.clone()),
+            ..weft_tailcfg::CapGrant::default()
+        }],
         ..FilterRule::default()
     });
 }

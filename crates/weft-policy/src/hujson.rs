@@ -65,6 +65,23 @@ pub struct SyntaxError {
 }
 
 impl Value {
+    /// The value as plain JSON (comments and positions dropped; a number that does not fit
+    /// JSON's usual forms becomes `null`).
+    pub fn to_json(&self) -> serde_json::Value {
+        match &self.kind {
+            Kind::Null => serde_json::Value::Null,
+            Kind::Bool(b) => serde_json::Value::Bool(*b),
+            Kind::Number(n) => serde_json::from_str(n).unwrap_or(serde_json::Value::Null),
+            Kind::String(s) => serde_json::Value::String(s.clone()),
+            Kind::Array(a) => serde_json::Value::Array(a.iter().map(Value::to_json).collect()),
+            Kind::Object(o) => serde_json::Value::Object(
+                o.iter()
+                    .map(|(k, v)| (k.name.clone(), v.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+
     /// A short name of the value's kind, for error messages.
     pub fn kind_name(&self) -> &'static str {
         match self.kind {

@@ -152,6 +152,9 @@ pub struct Rule {
     pub dst: Vec<Target>,
     /// Protocol groups in first-appearance order, each with its port ranges.
     pub ip: Vec<(Protos, Vec<Ports>)>,
+    /// Application capabilities a grant gives its sources on its destinations
+    /// (`"app": {"example.com/cap/x": [{...}]}`), compiled into `CapGrant`s.
+    pub app: Option<weft_tailcfg::CapMap>,
     /// Where the ACL or grant starts.
     pub pos: Pos,
 }
@@ -513,6 +516,7 @@ impl Policy {
                 src: src.clone(),
                 dst: vec![target],
                 ip: vec![(protos.clone(), ports)],
+                app: None,
                 pos: v.pos,
             });
         }
@@ -543,8 +547,11 @@ impl Policy {
             ));
         }
         let mut groups: Vec<(Protos, Vec<Ports>)> = Vec::new();
-        let has_app = get_member(m, "app")
-            .is_some_and(|a| !matches!(&a.kind, Kind::Object(o) if o.is_empty()));
+        let app = match get_member(m, "app") {
+            Some(a) => parse_app(a)?,
+            None => None,
+        };
+        let has_app = app.is_some();
         match get_member(m, "ip") {
             None => {
                 if !has_app {
@@ -569,11 +576,12 @@ impl Policy {
                 }
             }
         }
-        if !groups.is_empty() {
+        if !groups.is_empty() || app.is_some() {
             self.rules.push(Rule {
                 src,
                 dst,
                 ip: groups,
+                app,
                 pos: v.pos,
             });
         }
@@ -711,6 +719,54 @@ fn check_self_sources(src: &[Alias], wildcard_ok: bool, pos: Pos) -> Result<(), 
             "autogroup:self can only be used with users, groups, or supported autogroups",
         ))
     }
+}
+
+/// A grant's `"app"`: capability name -> array of JSON objects. `None` when empty.
+fn parse_app(v: &Value) -> Result<Option<weft_tailcfg::CapMap>, PolicyError> {
+    let m = as_object(v, "app")?;
+    let mut caps = weft_tailcfg::CapMap::new();
+    for (k, vals) in m {
+        let name = k.name.as_str();
+        let valid = !name.is_empty()
+            && name.contains('/')
+            && !name.starts_with('/')
+            && !name.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !valid {
+            return Err(PolicyError::new(
+                k.pos,
+                format!("{name:?} is not a capability name (like \"example.com/cap/name\")"),
+            ));
+        }
+        let Kind::Array(items) = &vals.kind else {
+            return Err(PolicyError::new(
+                vals.pos,
+                format!(
+                    "capability {name:?}: expected an array of objects, found {}",
+                    vals.kind_name()
+                ),
+            ));
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for it in items {
+            if !matches!(it.kind, Kind::Object(_)) {
+                return Err(PolicyError::new(
+                    it.pos,
+                    format!(
+                        "capability {name:?}: expected an object, found {}",
+                        it.kind_name()
+                    ),
+                ));
+            }
+            out.push(it.to_json());
+        }
+        if caps.insert(name.to_owned(), Some(out)).is_some() {
+            return Err(PolicyError::new(
+                k.pos,
+                format!("capability {name:?} appears twice"),
+            ));
+        }
+    }
+    Ok((!caps.is_empty()).then_some(caps))
 }
 
 fn check_not_all_ips(alias: &Alias, text: &str, pos: Pos) -> Result<(), PolicyError> {

@@ -77,6 +77,22 @@ fn malformed_rules_are_refused_with_reasons() {
         (r#"{"acl": []}"#, "unknown policy section"),
         (r#"{"tagOwners": {"tag:a": ["tag:b"]}}"#, "tag:b"),
         (r#"{"groups": {"group:a": ["group:b"]}}"#, "cannot nest"),
+        (
+            r#"{"grants": [{"src": ["*"], "dst": ["*"], "app": {"nodomain": [{}]}}]}"#,
+            "not a capability name",
+        ),
+        (
+            r#"{"grants": [{"src": ["*"], "dst": ["*"], "app": {"example.com/cap/x": [1]}}]}"#,
+            "expected an object",
+        ),
+        (
+            r#"{"grants": [{"src": ["*"], "dst": ["*"], "app": {"example.com/cap/x": {}}}]}"#,
+            "expected an array",
+        ),
+        (
+            r#"{"grants": [{"src": ["*"], "dst": ["*"], "app": {}}]}"#,
+            "needs \"ip\" or \"app\"",
+        ),
     ] {
         let e = Policy::parse(text).expect_err(text);
         assert!(e.reason.contains(needle), "{text}: {e}");
