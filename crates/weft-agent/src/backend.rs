@@ -15,9 +15,10 @@ use weft_tailcfg::Node;
 use crate::control::{self, ControlEvent, ControlParams, LiteInputs};
 use crate::engine::{EngineCmd, EngineStatus};
 use crate::localapi::{
-    ApiCommand, BackendState, NetcheckReport, PeerStatus, PingRequest, PingResult, Status,
-    UpRequest,
+    ApiCommand, BackendState, NetcheckReport, PeerStatus, PingRequest, PingResult, RouteStatus,
+    Status, UpRequest,
 };
+use crate::routes::{self, Router};
 use crate::state::{AgentState, StateStore};
 use crate::sys::Tun;
 
@@ -36,6 +37,10 @@ pub(crate) struct Backend {
     pub(crate) engine_cmds: mpsc::Sender<EngineCmd>,
     pub(crate) engine_status: watch::Receiver<EngineStatus>,
     pub(crate) tun: Option<Tun>,
+    /// Forwarding, SNAT and kernel routes (only with a TUN device).
+    pub(crate) router: Option<Router>,
+    /// Routes served now (advertised while running), for the engine's filter.
+    pub(crate) served: Vec<ipnet::IpNet>,
     pub(crate) control: Option<tokio::task::JoinHandle<()>>,
     pub(crate) control_gen: u64,
     pub(crate) lite: Arc<watch::Sender<LiteInputs>>,
@@ -75,6 +80,7 @@ impl Backend {
             if let (true, Some(node)) = (self.logged_in, self.state.node.clone()) {
                 let _ = self.engine_cmds.send(EngineCmd::SetKey(Some(node))).await;
             }
+            self.apply_routes().await;
         }
         self.publish();
         loop {
@@ -111,6 +117,7 @@ impl Backend {
                 let _ = self.engine_cmds.send(EngineCmd::SetKey(None)).await;
                 self.netmap = None;
                 self.clear_tun().await;
+                self.apply_routes().await;
                 let _ = reply.send(r);
             }
             ApiCommand::Logout(reply) => {
@@ -143,6 +150,14 @@ impl Backend {
     }
 
     async fn up(&mut self, req: UpRequest, ctl_tx: &mpsc::Sender<CtlMsg>) -> Result<(), String> {
+        let advertise_routes = match &req.advertise_routes {
+            Some(r) => {
+                r.iter().try_for_each(routes::check_route)?;
+                let set: std::collections::BTreeSet<_> = r.iter().copied().collect();
+                Some(set.into_iter().collect::<Vec<_>>())
+            }
+            None => None,
+        };
         let url = if req.login_server.is_empty() {
             self.state.prefs.control_url.clone()
         } else {
@@ -171,6 +186,18 @@ impl Backend {
         if !req.advertise_tags.is_empty() {
             self.state.prefs.advertise_tags = req.advertise_tags;
         }
+        if let Some(r) = advertise_routes {
+            self.state.prefs.advertise_routes = r;
+        }
+        if let Some(e) = req.advertise_exit_node {
+            self.state.prefs.advertise_exit_node = e;
+        }
+        let accept_changed = req
+            .accept_routes
+            .is_some_and(|a| a != self.state.prefs.accept_routes);
+        if let Some(a) = req.accept_routes {
+            self.state.prefs.accept_routes = a;
+        }
         self.state.prefs.want_running = true;
         if self.state.node.is_none() {
             self.state.node = Some(NodePrivate::generate());
@@ -178,6 +205,16 @@ impl Backend {
         }
         self.save()?;
         self.refresh_lite();
+        if accept_changed {
+            if let Some(nm) = &self.netmap {
+                let enm = routes::engine_netmap(nm, self.state.prefs.accept_routes);
+                let _ = self
+                    .engine_cmds
+                    .send(EngineCmd::SetNetmap(Box::new(enm)))
+                    .await;
+            }
+        }
+        self.apply_routes().await;
         let auth_key = (!req.auth_key.is_empty()).then_some(req.auth_key);
         let expired = self.netmap.as_ref().is_some_and(|nm| nm.self_expired);
         if self.control.is_some() && auth_key.is_none() && self.logged_in && !expired {
@@ -223,6 +260,7 @@ impl Backend {
         self.logged_in = false;
         self.netmap = None;
         self.clear_tun().await;
+        self.apply_routes().await;
         self.auth_url.clear();
         let _ = self.engine_cmds.send(EngineCmd::SetKey(None)).await;
         self.save()?;
@@ -316,11 +354,13 @@ impl Backend {
                         self.health = vec![format!("configuring {}: {e}", tun.name())];
                     }
                 }
+                let enm = routes::engine_netmap(&nm, self.state.prefs.accept_routes);
                 let _ = self
                     .engine_cmds
-                    .send(EngineCmd::SetNetmap(nm.clone()))
+                    .send(EngineCmd::SetNetmap(Box::new(enm)))
                     .await;
                 self.netmap = Some(nm);
+                self.apply_accepted_routes().await;
             }
             ControlEvent::Error(e) => {
                 self.health = vec![e];
@@ -411,6 +451,57 @@ impl Backend {
         self.control = Some(task);
     }
 
+    /// What we advertise: routes plus exit routes (empty unless the data plane should run).
+    fn advertised(&self) -> Vec<ipnet::IpNet> {
+        routes::advertised(
+            &self.state.prefs.advertise_routes,
+            self.state.prefs.advertise_exit_node,
+        )
+    }
+
+    /// Brings the filter's local routes, forwarding/SNAT and kernel routes in line with the
+    /// prefs: all of them while the data plane should run, none otherwise.
+    async fn apply_routes(&mut self) {
+        let serve = if self.state.prefs.want_running {
+            self.advertised()
+        } else {
+            Vec::new()
+        };
+        self.served = serve.clone();
+        if let Some(r) = self.router.as_mut() {
+            if let Err(e) = r.set_advertised(&serve).await {
+                tracing::warn!(error = %e, "serving subnet routes failed");
+                self.health = vec![format!("subnet routes: {e}")];
+            }
+        }
+        self.apply_accepted_routes().await;
+    }
+
+    /// Routes peers' subnets into the TUN when `--accept-routes` is on (and running).
+    async fn apply_accepted_routes(&mut self) {
+        let want = if self.state.prefs.want_running {
+            routes::accepted_routes(
+                self.netmap.as_deref(),
+                self.state.prefs.accept_routes,
+                &self.state.prefs.advertise_routes,
+            )
+        } else {
+            Default::default()
+        };
+        if let Some(r) = self.router.as_mut() {
+            if let Err(e) = r.set_accepted(&want).await {
+                self.health = vec![format!("subnet routes: {e}")];
+            }
+        }
+        let _ = self
+            .engine_cmds
+            .send(EngineCmd::SetRoutes {
+                local: self.served.clone(),
+                via_tun: want.into_iter().collect(),
+            })
+            .await;
+    }
+
     async fn clear_tun(&mut self) {
         if let Some(tun) = self.tun.as_mut() {
             if let Err(e) = tun.set_addresses(&[]).await {
@@ -451,6 +542,12 @@ impl Backend {
                 "RequestTags",
                 serde_json::json!(self.state.prefs.advertise_tags),
             );
+        }
+        let advertised = self.advertised();
+        if advertised.is_empty() {
+            hi.0.remove("RoutableIPs");
+        } else {
+            hi.set("RoutableIPs", serde_json::json!(advertised));
         }
         let disco = self.disco.public();
         self.lite.send_if_modified(|i| {
@@ -510,6 +607,16 @@ impl Backend {
             health: self.health.clone(),
             control_url: self.state.prefs.control_url.clone().unwrap_or_default(),
             data_plane: engine.counters,
+            routes: RouteStatus {
+                advertised: self.advertised(),
+                exit_node: self.state.prefs.advertise_exit_node,
+                accept_routes: self.state.prefs.accept_routes,
+                installed: self
+                    .router
+                    .as_ref()
+                    .map(|r| r.installed().iter().copied().collect())
+                    .unwrap_or_default(),
+            },
             ..Status::default()
         };
         if let Some(nm) = &self.netmap {
@@ -570,6 +677,9 @@ fn node_status(n: &Node, codes: &BTreeMap<u16, String>) -> PeerStatus {
         } else {
             n.key_expiry.to_string()
         },
+        allowed_ips: n.allowed_ips.clone().unwrap_or_default(),
+        primary_routes: n.primary_routes.clone(),
+        exit_node_option: n.allowed_ips.iter().flatten().any(routes::is_exit_route),
         ..PeerStatus::default()
     }
 }

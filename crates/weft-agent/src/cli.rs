@@ -72,6 +72,16 @@ pub struct UpArgs {
     /// Comma-separated ACL tags to request (`tag:a,tag:b`).
     #[arg(long, value_delimiter = ',')]
     pub advertise_tags: Vec<String>,
+    /// Comma-separated subnet routes to offer to the tailnet (`10.0.0.0/24,fd00::/64`);
+    /// `--advertise-routes=` clears them. Kept from the last `up` when absent.
+    #[arg(long, value_name = "CIDR[,CIDR...]")]
+    pub advertise_routes: Option<String>,
+    /// Offer this node as an exit node (advertises 0.0.0.0/0 and ::/0); `=false` stops.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub advertise_exit_node: Option<bool>,
+    /// Route to the subnets that peers advertise; `=false` stops.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub accept_routes: Option<bool>,
     /// Give up after this many seconds (0 = wait forever).
     #[arg(long, default_value_t = 0)]
     pub timeout: u64,
@@ -174,13 +184,27 @@ pub async fn run(cmd: AgentCommand, socket: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// The LocalAPI request for `weft up` (validates `--advertise-routes`).
+pub fn up_request(args: &UpArgs) -> anyhow::Result<UpRequest> {
+    let advertise_routes = args
+        .advertise_routes
+        .as_deref()
+        .map(|s| crate::routes::parse_routes(&[s]))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--advertise-routes: {e}"))?;
+    Ok(UpRequest {
+        login_server: args.login_server.clone().unwrap_or_default(),
+        auth_key: args.auth_key.clone().unwrap_or_default(),
+        hostname: args.hostname.clone().unwrap_or_default(),
+        advertise_tags: args.advertise_tags.clone(),
+        advertise_routes,
+        advertise_exit_node: args.advertise_exit_node,
+        accept_routes: args.accept_routes,
+    })
+}
+
 async fn up(c: &LocalClient, args: UpArgs) -> anyhow::Result<()> {
-    let req = UpRequest {
-        login_server: args.login_server.unwrap_or_default(),
-        auth_key: args.auth_key.unwrap_or_default(),
-        hostname: args.hostname.unwrap_or_default(),
-        advertise_tags: args.advertise_tags,
-    };
+    let req = up_request(&args)?;
     c.up(&req).await?;
     let deadline =
         (args.timeout > 0).then(|| tokio::time::Instant::now() + Duration::from_secs(args.timeout));
@@ -481,6 +505,58 @@ mod tests {
             peer: [("nodekey:bb".to_owned(), b)].into_iter().collect(),
             ..Status::default()
         }
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: AgentCommand,
+    }
+
+    fn up_args(args: &[&str]) -> UpArgs {
+        use clap::Parser;
+        let mut all = vec!["weft", "up"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all).unwrap().cmd {
+            AgentCommand::Up(a) => a,
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn up_route_flags_parse_validate_and_default_to_unchanged() {
+        let r = up_request(&up_args(&[])).unwrap();
+        assert_eq!(
+            (r.advertise_routes, r.advertise_exit_node, r.accept_routes),
+            (None, None, None)
+        );
+        let r = up_request(&up_args(&[
+            "--advertise-routes",
+            "10.77.0.0/24,fd00:77::/64",
+            "--advertise-exit-node",
+            "--accept-routes",
+        ]))
+        .unwrap();
+        assert_eq!(
+            r.advertise_routes.unwrap(),
+            vec![
+                "10.77.0.0/24".parse::<ipnet::IpNet>().unwrap(),
+                "fd00:77::/64".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            (r.advertise_exit_node, r.accept_routes),
+            (Some(true), Some(true))
+        );
+        let r = up_request(&up_args(&["--advertise-routes=", "--accept-routes=false"])).unwrap();
+        assert_eq!(r.advertise_routes, Some(vec![]));
+        assert_eq!(r.accept_routes, Some(false));
+        let e = up_request(&up_args(&["--advertise-routes", "10.77.0.1/24"])).unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains("--advertise-routes") && e.contains("10.77.0.0/24"),
+            "{e}"
+        );
     }
 
     #[test]

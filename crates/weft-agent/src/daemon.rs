@@ -118,6 +118,8 @@ impl Daemon {
             status_tx,
             engine_cmds: engine.cmds.clone(),
             engine_status: engine.status.clone(),
+            router: tun.as_ref().map(|t| crate::routes::Router::new(t.name())),
+            served: Vec::new(),
             tun,
             control: None,
             control_gen: 0,

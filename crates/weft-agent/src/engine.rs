@@ -79,6 +79,15 @@ pub enum EngineCmd {
     SetKey(Option<NodePrivate>),
     /// A new network map.
     SetNetmap(Box<NetworkMap>),
+    /// Routes this node serves (advertised subnets), which the inbound filter treats as
+    /// local, and peers' routes the kernel sends into the TUN, to which no UDP is sent
+    /// (a peer endpoint there would carry the tunnel inside itself).
+    SetRoutes {
+        /// Advertised routes.
+        local: Vec<ipnet::IpNet>,
+        /// Accepted routes installed into the TUN.
+        via_tun: Vec<ipnet::IpNet>,
+    },
     /// One disco ping; the reply carries the path and round trip.
     Ping(
         NodePublic,
@@ -172,6 +181,8 @@ impl Engine {
             node: None,
             ms: None,
             filter: PacketFilter::new(),
+            local_routes: Vec::new(),
+            via_tun: Vec::new(),
             netmap: None,
             tun,
             derp: BTreeMap::new(),
@@ -249,6 +260,10 @@ struct Driver {
     node: Option<NodePrivate>,
     ms: Option<Magicsock>,
     filter: PacketFilter,
+    /// Advertised routes, local to the filter beside our addresses.
+    local_routes: Vec<ipnet::IpNet>,
+    /// Accepted routes: UDP to endpoints inside them is not sent.
+    via_tun: Vec<ipnet::IpNet>,
     netmap: Option<Box<NetworkMap>>,
     tun: TunPort,
     derp: BTreeMap<RegionId, DerpConn>,
@@ -525,6 +540,17 @@ impl Driver {
                 self.publish_status();
             }
             EngineCmd::SetNetmap(nm) => self.apply_netmap(nm, now),
+            EngineCmd::SetRoutes { local, via_tun } => {
+                self.via_tun = via_tun;
+                if self.local_routes == local {
+                    return;
+                }
+                self.local_routes = local;
+                if let Some(nm) = self.netmap.take() {
+                    self.set_filter(&nm);
+                    self.netmap = Some(nm);
+                }
+            }
             EngineCmd::Ping(peer, reply) => {
                 let Some(ms) = self.ms.as_mut() else {
                     let _ = reply.send(Err("weft is not running".into()));
@@ -550,10 +576,16 @@ impl Driver {
         }
     }
 
-    fn apply_netmap(&mut self, nm: Box<NetworkMap>, now: Instant) {
-        if let Err(e) = self.filter.set_rules(&nm.packet_filter, nm.addresses()) {
+    fn set_filter(&mut self, nm: &NetworkMap) {
+        let mut local = nm.addresses().to_vec();
+        local.extend(self.local_routes.iter().copied());
+        if let Err(e) = self.filter.set_rules(&nm.packet_filter, &local) {
             tracing::warn!(%e, "packet filter rejected; inbound traffic stays denied");
         }
+    }
+
+    fn apply_netmap(&mut self, nm: Box<NetworkMap>, now: Instant) {
+        self.set_filter(&nm);
         if let Some(ms) = self.ms.as_mut() {
             ms.set_derp_map(derp_regions(&nm), now);
             ms.set_peers(peer_configs(&nm), now);
@@ -587,6 +619,11 @@ impl Driver {
             let Some(ms) = self.ms.as_mut() else { return };
             if let Some(t) = ms.poll_transmit() {
                 match t.dst {
+                    Destination::Udp(addr)
+                        if self.via_tun.iter().any(|n| n.contains(&addr.ip())) =>
+                    {
+                        tracing::trace!(%addr, "not sending UDP to an address routed into the TUN");
+                    }
                     Destination::Udp(addr) => {
                         if let Err(e) = self.udp.try_send_to(&t.payload, addr) {
                             tracing::trace!(%addr, %e, "UDP send failed");

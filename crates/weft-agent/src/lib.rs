@@ -5,6 +5,7 @@
 //! - [`engine`]: the data-plane driver around the sans-IO `weft-magicsock` core.
 //! - [`sys`]: TUN device (batched, with offloads), addresses and routes, host facts.
 //! - [`udp`]: the data-plane UDP socket with batched I/O (GSO/GRO).
+//! - [`routes`]: subnet routes and exit-node advertisement (forwarding, SNAT, kernel routes).
 //! - [`localapi`]: the HTTP/1.1 JSON API on a unix socket that `weft <verb>` talks to.
 //! - [`daemon`]: wiring of all of the above; [`cli`]: the verbs.
 
@@ -14,6 +15,7 @@ pub mod control;
 pub mod daemon;
 pub mod engine;
 pub mod localapi;
+pub mod routes;
 pub mod state;
 pub mod sys;
 pub mod udp;

@@ -71,6 +71,23 @@ pub struct Status {
     /// Per-packet trouble the data plane counted (filter drops, bad datagrams, send errors).
     #[serde(rename = "WeftDataPlane")]
     pub data_plane: crate::engine::DataPlaneCounters,
+    /// This node's route settings and the kernel routes it installed for peers' subnets.
+    #[serde(rename = "WeftRoutes")]
+    pub routes: RouteStatus,
+}
+
+/// Routes in [`Status`] (weft's own; Tailscale shows these through `tailscale debug prefs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RouteStatus {
+    /// What we advertise (`Hostinfo.RoutableIPs`), exit routes included.
+    pub advertised: Vec<ipnet::IpNet>,
+    /// Whether `--advertise-exit-node` is on.
+    pub exit_node: bool,
+    /// Whether `--accept-routes` is on.
+    pub accept_routes: bool,
+    /// Peers' subnet routes currently routed into the TUN.
+    pub installed: Vec<ipnet::IpNet>,
 }
 
 /// One node in [`Status`].
@@ -114,6 +131,14 @@ pub struct PeerStatus {
     pub online: bool,
     /// Key expiry, RFC 3339, empty if none.
     pub key_expiry: String,
+    /// Addresses and approved routes the node may send from (control's `AllowedIPs`).
+    #[serde(rename = "AllowedIPs", skip_serializing_if = "Vec::is_empty")]
+    pub allowed_ips: Vec<ipnet::IpNet>,
+    /// Subnet routes this node is the primary router for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub primary_routes: Vec<ipnet::IpNet>,
+    /// Whether the node offers itself as an exit node (approved default routes).
+    pub exit_node_option: bool,
 }
 
 /// Body of `POST /localapi/v0/up`.
@@ -128,6 +153,12 @@ pub struct UpRequest {
     pub hostname: String,
     /// Requested tags.
     pub advertise_tags: Vec<String>,
+    /// Subnet routes to advertise; `None` keeps the current ones, empty clears them.
+    pub advertise_routes: Option<Vec<ipnet::IpNet>>,
+    /// Offer this node as an exit node; `None` keeps the current setting.
+    pub advertise_exit_node: Option<bool>,
+    /// Route to peers' subnet routes; `None` keeps the current setting.
+    pub accept_routes: Option<bool>,
 }
 
 /// Body of `POST /localapi/v0/ping`.

@@ -45,6 +45,13 @@ pub struct Prefs {
     pub hostname: Option<String>,
     /// Requested ACL tags (`--advertise-tags`).
     pub advertise_tags: Vec<String>,
+    /// Advertised subnet routes (`--advertise-routes`), canonical, without default routes.
+    pub advertise_routes: Vec<ipnet::IpNet>,
+    /// Whether to offer this node as an exit node (`--advertise-exit-node`: advertises
+    /// 0.0.0.0/0 and ::/0 too).
+    pub advertise_exit_node: bool,
+    /// Whether to route to peers' subnet routes (`--accept-routes`).
+    pub accept_routes: bool,
     /// Whether the data plane should run (`weft up` sets it, `weft down` clears it).
     pub want_running: bool,
 }

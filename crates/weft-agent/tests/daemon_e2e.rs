@@ -49,7 +49,7 @@ async fn start_node(url: &str, key: &str, name: &str) -> Node {
             login_server: url.into(),
             auth_key: key.into(),
             hostname: name.into(),
-            advertise_tags: vec![],
+            ..UpRequest::default()
         })
         .await
         .unwrap();
@@ -419,6 +419,9 @@ async fn down_up_restart_logout_and_interactive_login_move_through_the_states() 
         auth_key: Some("not-a-key".into()),
         hostname: None,
         advertise_tags: vec![],
+        advertise_routes: None,
+        advertise_exit_node: None,
+        accept_routes: None,
         timeout: 30,
         json: false,
     };
