@@ -358,6 +358,56 @@ fn subnet(h: &Harness) -> Result<()> {
         }
     })?;
 
+    // r's inbound filter decides on subnet traffic by the netmap's rules: with a policy
+    // that lets the tailnet reach h on PORT only, PORT+1 (nothing listens there; h would
+    // refuse it) times out instead, dropped by r before it is forwarded.
+    let other = PORT + 1;
+    let p = connect(&a.ns, &python, H.into(), other)?;
+    ensure(p == "refused", || {
+        format!("port {other} on h before the policy: {p}")
+    })?;
+    let policy = h.subdir("policies")?.join("subnet-port.hujson");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"{{"acls": [{{"action": "accept", "src": ["*"], "dst": ["{SUBNET}:{PORT}"]}}]}}"#
+        ),
+    )
+    .map_err(|e| Error::Check(format!("writing policy: {e}")))?;
+    let out = server.admin(&["policy", "set", &policy.display().to_string()])?;
+    ensure(out.contains("applied"), || format!("policy set: {out}"))?;
+    let drops_before = r.status()?["WeftDataPlane"]["FilteredIn"]
+        .as_u64()
+        .unwrap_or(0);
+    wait_for(
+        "r's filter to drop a's SYN to the other port",
+        WAIT,
+        || match connect(&a.ns, &python, H.into(), other).map_err(|e| e.to_string())? {
+            t if t == "timeout" => Ok(()),
+            o => Err(o),
+        },
+    )?;
+    let p = connect(&a.ns, &python, H.into(), PORT)?;
+    ensure(p == format!("ok echo hello {PORT}"), || {
+        format!("port {PORT} under the policy: {p}")
+    })?;
+    wait_for("r to count the dropped SYNs", WAIT, || {
+        let n = r.status().map_err(|e| e.to_string())?["WeftDataPlane"]["FilteredIn"]
+            .as_u64()
+            .unwrap_or(0);
+        if n > drops_before {
+            Ok(())
+        } else {
+            Err(format!("FilteredIn {n}"))
+        }
+    })?;
+    std::fs::write(
+        &policy,
+        r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}"#,
+    )
+    .map_err(|e| Error::Check(format!("writing policy: {e}")))?;
+    server.admin(&["policy", "set", &policy.display().to_string()])?;
+
     // r stops advertising (a second `up`, no re-login): control drops the primary route, a
     // removes its kernel route, r removes its SNAT table.
     r.weft(&["up", "--advertise-routes=", "--timeout", "30"])?;
