@@ -583,7 +583,15 @@ async fn delete_node(
     Ok(Json(serde_json::json!({})))
 }
 
-async fn mutate_node<F, Fut>(c: &Control, id: &str, f: F) -> Result<Json<NodeInfo>, ApiError>
+/// Applies `f` to a node under the write lock and pushes the result to peers. With
+/// `auto_routes`, routes the policy's autoApprovers now grant (e.g. after a tag change)
+/// are approved too.
+async fn mutate_node_with<F, Fut>(
+    c: &Control,
+    id: &str,
+    auto_routes: bool,
+    f: F,
+) -> Result<Json<NodeInfo>, ApiError>
 where
     F: FnOnce(std::sync::Arc<dyn weft_store::Store>, NodeId) -> Fut,
     Fut: std::future::Future<Output = Result<weft_store::Node, weft_store::StoreError>>,
@@ -591,11 +599,22 @@ where
     let id = NodeId(parse_id(id)?);
     let n = {
         let _w = c.inner.write.lock().await;
-        let n = f(c.inner.store.clone(), id).await?;
+        let mut n = f(c.inner.store.clone(), id).await?;
+        if auto_routes {
+            n = c.auto_approve_routes(n).await?;
+        }
         c.refresh_node(&n, None).await;
         n
     };
     Ok(Json(node_out(c, &n).await))
+}
+
+async fn mutate_node<F, Fut>(c: &Control, id: &str, f: F) -> Result<Json<NodeInfo>, ApiError>
+where
+    F: FnOnce(std::sync::Arc<dyn weft_store::Store>, NodeId) -> Fut,
+    Fut: std::future::Future<Output = Result<weft_store::Node, weft_store::StoreError>>,
+{
+    mutate_node_with(c, id, true, f).await
 }
 
 async fn expire_node(
@@ -689,7 +708,9 @@ async fn set_routes(
 ) -> Result<Json<NodeInfo>, ApiError> {
     let routes = parse_routes(&req.routes)?;
     let shown: Vec<String> = routes.iter().map(ToString::to_string).collect();
-    let out = mutate_node(&c, &id, |store, id| async move {
+    // An admin's explicit set is kept as given (autoApprovers act on the node's next
+    // advertisement or policy change).
+    let out = mutate_node_with(&c, &id, false, |store, id| async move {
         store.set_node_approved_routes(id, routes).await
     })
     .await?;

@@ -59,7 +59,8 @@ pub struct StreamTicket {
 
 impl Hub {
     /// A hub over an initial snapshot.
-    pub fn new(snap: Snapshot) -> Hub {
+    pub fn new(mut snap: Snapshot) -> Hub {
+        reelect(&mut snap);
         let (tx, _) = broadcast::channel(256);
         Hub {
             inner: Mutex::new(Inner {
@@ -96,6 +97,7 @@ impl Hub {
         if changes.is_empty() {
             return;
         }
+        changes.extend(reelect(snap));
         if let Some(engine) = inner.policy.as_mut() {
             engine.follow(snap, &inner.groups, &mut changes);
         }
@@ -294,6 +296,35 @@ impl Hub {
     pub fn stream_count(&self) -> usize {
         self.lock().streams.len()
     }
+}
+
+/// Elects the primary router of each subnet route again (a router went offline or came
+/// online, routes were approved or advertised); every node whose primary routes changed
+/// is updated in full for its peers.
+fn reelect(snap: &mut Snapshot) -> Vec<Change> {
+    let new = weft_mapper::elect_primaries(snap);
+    let old = snap.primaries.take().unwrap_or_default();
+    let mut moved = std::collections::BTreeSet::new();
+    for (route, id) in &old {
+        if new.get(route) != Some(id) {
+            moved.insert(*id);
+            moved.extend(new.get(route).copied());
+        }
+    }
+    for (route, id) in &new {
+        if !old.contains_key(route) {
+            moved.insert(*id);
+        }
+    }
+    if !moved.is_empty() {
+        tracing::info!(primaries = ?new, "subnet route primaries changed");
+    }
+    snap.primaries = Some(new);
+    moved
+        .into_iter()
+        .filter(|id| snap.nodes.contains_key(id))
+        .map(Change::NodeUpdated)
+        .collect()
 }
 
 fn set_online(snap: &mut Snapshot, node: NodeId, online: bool, now: Time) -> Vec<Change> {

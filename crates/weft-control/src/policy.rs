@@ -217,6 +217,14 @@ impl Control {
         }
         self.inner.hub.install_policy(self.now(), Some(policy));
         tracing::info!(version = rec.id, author, "policy applied");
+        // The new autoApprovers may cover routes nodes already advertise.
+        for n in self.inner.store.list_nodes().await? {
+            let before = n.approved_routes.clone();
+            let n = self.auto_approve_routes(n).await?;
+            if n.approved_routes != before {
+                self.refresh_node(&n, None).await;
+            }
+        }
         Ok(policy_info(&rec, tests, false))
     }
 
@@ -241,6 +249,71 @@ impl Control {
                 },
                 tags,
             ),
+        }
+    }
+}
+
+impl Control {
+    /// Adds to the node's approved routes every route it advertises that the policy's
+    /// `autoApprovers` grant to its owner or tags (an exit route brings its pair), and
+    /// stores the result. Routes are only ever added here, never removed. The caller holds
+    /// the write lock and then refreshes the hub.
+    pub(crate) async fn auto_approve_routes(
+        &self,
+        n: weft_store::Node,
+    ) -> Result<weft_store::Node, ApiError> {
+        let advertised = crate::convert::hostinfo_of(&n.hostinfo).routable_ips();
+        if advertised.iter().all(|r| n.approved_routes.contains(r)) {
+            return Ok(n);
+        }
+        let Some(compiled) = self.inner.hub.compiled_policy() else {
+            return Ok(n);
+        };
+        let user = self.inner.store.get_user(n.user_id).await?;
+        let who = SnapshotNode {
+            id: n.id.0,
+            user: Some(crate::convert::user_info(&user).login_name),
+            user_groups: user.groups.clone(),
+            tags: n.tags.clone(),
+            ..SnapshotNode::default()
+        };
+        let mut approved: BTreeSet<ipnet::IpNet> = n.approved_routes.iter().copied().collect();
+        let mut changed = false;
+        for r in &advertised {
+            if !approved.contains(r) && compiled.policy().auto_approves_route(&who, r) {
+                approved.insert(*r);
+                if r.prefix_len() == 0 {
+                    approved.extend(crate::convert::exit_routes());
+                }
+                changed = true;
+            }
+        }
+        if !changed {
+            return Ok(n);
+        }
+        let routes: Vec<ipnet::IpNet> = approved.into_iter().collect();
+        tracing::info!(node = n.id.0, routes = ?routes, "routes auto-approved by the policy");
+        Ok(self
+            .inner
+            .store
+            .set_node_approved_routes(n.id, routes)
+            .await?)
+    }
+}
+
+impl Control {
+    /// [`Control::auto_approve_routes`] that logs a failure and keeps the node as it was
+    /// (a registration or map request does not fail over it).
+    pub(crate) async fn auto_approve_routes_or_keep(
+        &self,
+        n: weft_store::Node,
+    ) -> weft_store::Node {
+        match self.auto_approve_routes(n.clone()).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(node = n.id.0, error = %e, "route auto-approval failed");
+                n
+            }
         }
     }
 }

@@ -72,11 +72,16 @@ async fn apply_live(c: &Control, node: weft_store::Node, req: &MapRequest) -> Re
         return Ok(());
     }
     let _w = c.inner.write.lock().await;
-    let n = if upd == NodeLiveUpdate::default() {
+    let new_hostinfo = upd.hostinfo.is_some();
+    let mut n = if upd == NodeLiveUpdate::default() {
         node
     } else {
         c.inner.store.update_node_live(node.id, upd).await?
     };
+    if new_hostinfo {
+        // Newly advertised routes (Hostinfo.RoutableIPs) may be covered by autoApprovers.
+        n = c.auto_approve_routes_or_keep(n).await;
+    }
     c.refresh_node(&n, Some(req.version)).await;
     Ok(())
 }

@@ -124,6 +124,7 @@ async fn refresh(
                     },
                 )
                 .await?;
+            n = c.auto_approve_routes_or_keep(n).await;
             changed = true;
         }
     }
@@ -304,6 +305,7 @@ async fn with_preauth_key(
             }
         }
     };
+    let node = c.auto_approve_routes_or_keep(node).await;
     c.refresh_node(&node, None).await;
     drop(_w);
     success(c, &node).await
@@ -491,6 +493,7 @@ pub(crate) async fn complete_session(
         }
     };
     store.complete_session(auth_id, user.id, node.id).await?;
+    let node = c.auto_approve_routes_or_keep(node).await;
     c.refresh_node(&node, None).await;
     drop(_w);
     tracing::info!(node = node.id.0, user = %user.name, "interactive login completed");

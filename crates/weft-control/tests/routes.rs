@@ -35,7 +35,6 @@ async fn router(ts: &TestServer, hostname: &str, key: &str, routes: &[&str]) -> 
     m
 }
 
-#[allow(dead_code)] // used by the HA test below
 /// A streaming map request that keeps advertising `routes` (clients resend their whole
 /// Hostinfo).
 fn stream_request(m: &Machine, routes: &[&str]) -> MapRequest {
@@ -186,4 +185,165 @@ async fn malformed_routes_are_refused_with_400_and_change_nothing() {
         .admin_json("/api/v1/nodes/x/routes", Some(json!({"routes": []})))
         .await;
     assert_eq!(status, 400);
+}
+
+/// Alice's routes inside 10.0.0.0/8 and exit nodes tagged `tag:router` are approved by
+/// the policy.
+const AUTO: &str = r#"{
+  "tagOwners": {"tag:router": ["alice@example.com"]},
+  "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}],
+  "autoApprovers": {
+    "routes": {"10.0.0.0/8": ["alice@example.com"]},
+    "exitNode": ["tag:router"],
+  },
+}"#;
+
+fn approved(n: &weft_store::Node) -> Vec<IpNet> {
+    let mut v = n.approved_routes.clone();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn auto_approvers_approve_routes_on_registration_on_new_advertisements_and_on_policy_change()
+{
+    let ts = start().await;
+    ts.user("alice").await;
+    ts.control.set_policy_text(AUTO, "admin").await.unwrap();
+    let alice = ts.key("alice", |k| k.reusable = true).await;
+    let bob = ts.key("bob", |_| {}).await;
+    let tagged = ts
+        .key("alice", |k| k.tags = vec!["tag:router".into()])
+        .await;
+
+    // At registration: only what autoApprovers cover, for the right owner.
+    let r = router(&ts, "router", &alice, &["10.77.0.0/24", "192.168.5.0/24"]).await;
+    assert_eq!(
+        approved(&ts.node(&r.node.public()).await),
+        vec![net("10.77.0.0/24")]
+    );
+    let b = router(&ts, "bobs", &bob, &["10.99.0.0/24"]).await;
+    assert!(ts.node(&b.node.public()).await.approved_routes.is_empty());
+    let e = router(&ts, "exit", &tagged, &["0.0.0.0/0", "::/0", "10.5.0.0/24"]).await;
+    assert_eq!(
+        approved(&ts.node(&e.node.public()).await),
+        vec![net("0.0.0.0/0"), net("::/0")],
+        "a tagged node is not alice's: only the exitNode approver applies"
+    );
+
+    // A route advertised later (lite map update) is approved at once and reaches peers.
+    let rid = node_id(&ts, &r).await;
+    let c = common::joined(&ts, "client", &alice).await;
+    let mut sc = c.open_stream().await;
+    let first = sc.next().await;
+    assert_eq!(
+        routes_of(peer(&first, rid).unwrap()),
+        vec![net("10.77.0.0/24")]
+    );
+    let mut lite = stream_request(&r, &["10.77.0.0/24", "10.88.0.0/24", "192.168.5.0/24"]);
+    lite.stream = false;
+    lite.omit_peers = true;
+    assert_eq!(r.lite_update(&lite).await, 200);
+    assert_eq!(
+        approved(&ts.node(&r.node.public()).await),
+        vec![net("10.77.0.0/24"), net("10.88.0.0/24")]
+    );
+    let m = sc
+        .next_matching(|m| peer(m, rid).is_some_and(|p| routes_of(p).len() == 2))
+        .await;
+    let p = peer(&m, rid).unwrap();
+    assert_eq!(
+        p.primary_routes,
+        vec![net("10.77.0.0/24"), net("10.88.0.0/24")]
+    );
+
+    // A policy that covers 192.168.0.0/16 approves the route already advertised.
+    let wider = AUTO.replace(
+        r#""10.0.0.0/8": ["alice@example.com"]"#,
+        r#""10.0.0.0/8": ["alice@example.com"], "192.168.0.0/16": ["alice@example.com"]"#,
+    );
+    ts.control.set_policy_text(&wider, "admin").await.unwrap();
+    assert_eq!(
+        approved(&ts.node(&r.node.public()).await),
+        vec![
+            net("10.77.0.0/24"),
+            net("10.88.0.0/24"),
+            net("192.168.5.0/24")
+        ]
+    );
+    sc.next_matching(|m| peer(m, rid).is_some_and(|p| routes_of(p).len() == 3))
+        .await;
+    assert!(ts.node(&b.node.public()).await.approved_routes.is_empty());
+}
+
+#[tokio::test]
+async fn of_two_routers_for_one_prefix_one_serves_and_the_other_takes_over_when_it_goes_offline() {
+    let ts = start().await;
+    let key = ts.key("alice", |k| k.reusable = true).await;
+    let route = ["10.77.0.0/24"];
+    let r1 = router(&ts, "r1", &key, &route).await;
+    let r2 = router(&ts, "r2", &key, &route).await;
+    let (id1, id2) = (node_id(&ts, &r1).await, node_id(&ts, &r2).await);
+    assert!(id1 < id2);
+    for id in [id1, id2] {
+        let (status, v) = set_routes(&ts, id, &route).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let mut s1 = r1.open_stream_with(&stream_request(&r1, &route)).await;
+    s1.next().await;
+    let mut s2 = r2.open_stream_with(&stream_request(&r2, &route)).await;
+    s2.next().await;
+    let c = common::joined(&ts, "client", &key).await;
+    let mut sc = c.open_stream().await;
+
+    let first = sc.next().await;
+    let (p1, p2) = (peer(&first, id1).unwrap(), peer(&first, id2).unwrap());
+    assert_eq!(p1.primary_routes, vec![net("10.77.0.0/24")]);
+    assert_eq!(routes_of(p1), vec![net("10.77.0.0/24")]);
+    assert!(
+        p2.primary_routes.is_empty(),
+        "only one router serves a prefix"
+    );
+    assert!(routes_of(p2).is_empty());
+    assert_eq!(
+        node_json(&ts, id1).await["serving_routes"],
+        json!(["10.77.0.0/24"])
+    );
+    assert_eq!(node_json(&ts, id2).await["serving_routes"], json!([]));
+    assert_eq!(
+        node_json(&ts, id2).await["approved_routes"],
+        json!(["10.77.0.0/24"])
+    );
+
+    // r1 goes offline: r2 takes over, and peers learn both changes.
+    drop(s1);
+    let m = sc
+        .next_matching(|m| peer(m, id2).is_some_and(|p| !p.primary_routes.is_empty()))
+        .await;
+    assert_eq!(routes_of(peer(&m, id2).unwrap()), vec![net("10.77.0.0/24")]);
+    let p1 = peer(&m, id1).expect("the old primary is updated in the same message");
+    assert!(p1.primary_routes.is_empty() && routes_of(p1).is_empty());
+    assert_eq!(p1.online, Some(false));
+
+    // r1 back online: r2 keeps serving (no flapping back).
+    let mut s1 = r1.open_stream_with(&stream_request(&r1, &route)).await;
+    s1.next().await;
+    sc.next_matching(|m| {
+        m.peers_changed_patch
+            .iter()
+            .any(|p| p.node_id == id1 && p.online == Some(true))
+    })
+    .await;
+    assert_eq!(
+        node_json(&ts, id2).await["serving_routes"],
+        json!(["10.77.0.0/24"])
+    );
+    assert_eq!(node_json(&ts, id1).await["serving_routes"], json!([]));
+
+    // r2 goes offline: back to r1.
+    drop(s2);
+    let m = sc
+        .next_matching(|m| peer(m, id1).is_some_and(|p| !p.primary_routes.is_empty()))
+        .await;
+    assert!(peer(&m, id2).unwrap().primary_routes.is_empty());
 }

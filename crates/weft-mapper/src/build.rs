@@ -71,12 +71,18 @@ pub fn peer_node(snap: &Snapshot, n: &NodeState, now: Time) -> Node {
     if let Some(v6) = n.ipv6 {
         addresses.push(IpNet::from(std::net::IpAddr::V6(v6)));
     }
-    let advertised: BTreeSet<IpNet> = n.hostinfo.routable_ips().into_iter().collect();
+    // Exit routes always; a subnet route only where the node is its primary (when several
+    // routers serve one prefix, peers send it to one of them).
     let routes: Vec<IpNet> = n
-        .approved_routes
-        .iter()
-        .filter(|r| advertised.contains(r))
-        .copied()
+        .enabled_routes()
+        .into_iter()
+        .filter(|r| {
+            is_exit_route(r)
+                || snap
+                    .primaries
+                    .as_ref()
+                    .is_none_or(|p| p.get(r) == Some(&n.id))
+        })
         .collect();
     let mut allowed = addresses.clone();
     allowed.extend(routes.iter().copied());
@@ -127,6 +133,40 @@ pub fn peer_node(snap: &Snapshot, n: &NodeState, now: Time) -> Node {
         expired,
         ..Node::default()
     }
+}
+
+/// Elects the primary router of every subnet route (exit routes have none): among the
+/// approved nodes that advertise the route and are approved for it, the current primary
+/// stays while it is online (no flapping back); otherwise the online node with the lowest
+/// ID takes over. With no router online the current primary stays (or the lowest ID
+/// becomes it), so a lone router's route does not vanish while it reconnects.
+pub fn elect_primaries(snap: &Snapshot) -> BTreeMap<IpNet, NodeId> {
+    let mut candidates: BTreeMap<IpNet, Vec<&NodeState>> = BTreeMap::new();
+    for n in snap.nodes.values().filter(|n| n.machine_authorized) {
+        if n.approved_routes.is_empty() {
+            continue;
+        }
+        for r in n.enabled_routes() {
+            if !is_exit_route(&r) {
+                candidates.entry(r).or_default().push(n);
+            }
+        }
+    }
+    let current = snap.primaries.as_ref();
+    candidates
+        .into_iter()
+        .filter_map(|(route, nodes)| {
+            let cur = current
+                .and_then(|p| p.get(&route))
+                .and_then(|id| nodes.iter().find(|n| n.id == *id));
+            // `nodes` is in ID order (the snapshot's BTreeMap).
+            let chosen = match cur {
+                Some(c) if c.online => c,
+                _ => nodes.iter().find(|n| n.online).or(cur).or(nodes.first())?,
+            };
+            Some((route, chosen.id))
+        })
+        .collect()
 }
 
 /// The node as it sees itself (`MapResponse.Node`).

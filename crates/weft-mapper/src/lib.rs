@@ -17,7 +17,9 @@ mod build;
 mod delta;
 mod snapshot;
 
-pub use build::{full_map, peer_node, self_node, MapError, TAGGED_DEVICES_USER_ID};
+pub use build::{
+    elect_primaries, full_map, peer_node, self_node, MapError, TAGGED_DEVICES_USER_ID,
+};
 pub use delta::{Change, Delta, MapSession, PatchFields};
 pub use snapshot::{AllowAll, DnsSettings, NodeState, PolicyView, Snapshot, UserInfo};
 

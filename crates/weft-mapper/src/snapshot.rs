@@ -102,6 +102,17 @@ impl NodeState {
     pub fn is_expired(&self, now: Time) -> bool {
         self.key_expiry.is_some_and(|e| !e.is_zero() && e <= now)
     }
+
+    /// Routes the node both advertises (`Hostinfo.RoutableIPs`) and is approved for, in
+    /// approval order: the routes it may serve.
+    pub fn enabled_routes(&self) -> Vec<IpNet> {
+        let advertised = self.hostinfo.routable_ips();
+        self.approved_routes
+            .iter()
+            .filter(|r| advertised.contains(r))
+            .copied()
+            .collect()
+    }
 }
 
 /// DNS settings of the tailnet.
@@ -147,6 +158,9 @@ pub struct Snapshot {
     pub dns: DnsSettings,
     /// Visibility and filters.
     pub policy: Arc<dyn PolicyView>,
+    /// The node serving each subnet route (see [`crate::elect_primaries`]); `None`: no
+    /// election, every node serves all its approved and advertised routes.
+    pub primaries: Option<BTreeMap<IpNet, NodeId>>,
 }
 
 impl Default for Snapshot {
@@ -157,6 +171,7 @@ impl Default for Snapshot {
             derp_map: Arc::new(DerpMap::default()),
             dns: DnsSettings::default(),
             policy: Arc::new(AllowAll),
+            primaries: None,
         }
     }
 }

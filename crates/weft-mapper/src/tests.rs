@@ -2,7 +2,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use weft_key::{DiscoPublic, MachinePublic, NodePublic};
-use weft_tailcfg::{FilterRule, Hostinfo, NodeId, Time};
+use weft_tailcfg::{FilterRule, Hostinfo, MapResponse, NodeId, Time};
 
 use crate::*;
 
@@ -327,4 +327,50 @@ fn node_resync_resends_only_that_nodes_map() {
     assert!(m.node.is_some());
     assert_eq!(m.peers.len(), 2);
     assert!(m.packet_filter.is_some());
+}
+
+#[test]
+fn one_primary_per_subnet_route_sticky_while_online_lowest_online_id_otherwise() {
+    let route: ipnet::IpNet = "10.77.0.0/24".parse().unwrap();
+    let mut s = snapshot(4);
+    for id in [2, 3, 4] {
+        let n = s.nodes.get_mut(&id).unwrap();
+        n.hostinfo.set(
+            "RoutableIPs",
+            serde_json::json!(["10.77.0.0/24", "0.0.0.0/0"]),
+        );
+        n.approved_routes = vec![route, "0.0.0.0/0".parse().unwrap()];
+    }
+    // Node 4 advertises but is not approved for the subnet route.
+    s.nodes.get_mut(&4).unwrap().approved_routes.remove(0);
+    s.primaries = Some(elect_primaries(&s));
+    assert_eq!(s.primaries.as_ref().unwrap().get(&route), Some(&2));
+    let (m, _) = full_map(&s, 1, NOW).unwrap();
+    let by_id = |m: &MapResponse, id: NodeId| m.peers.iter().find(|p| p.id == id).cloned().unwrap();
+    assert_eq!(by_id(&m, 2).primary_routes, vec![route]);
+    assert!(by_id(&m, 3).primary_routes.is_empty());
+    assert!(!by_id(&m, 3).allowed_ips.unwrap().contains(&route));
+    assert!(by_id(&m, 3)
+        .allowed_ips
+        .unwrap()
+        .contains(&"0.0.0.0/0".parse().unwrap()));
+
+    // Node 2 goes offline: 3 takes over; 2 back online: 3 keeps it.
+    s.nodes.get_mut(&2).unwrap().online = false;
+    s.primaries = Some(elect_primaries(&s));
+    assert_eq!(s.primaries.as_ref().unwrap().get(&route), Some(&3));
+    s.nodes.get_mut(&2).unwrap().online = true;
+    s.primaries = Some(elect_primaries(&s));
+    assert_eq!(s.primaries.as_ref().unwrap().get(&route), Some(&3));
+    // Everyone offline: the current primary stays.
+    for id in [2, 3] {
+        s.nodes.get_mut(&id).unwrap().online = false;
+    }
+    s.primaries = Some(elect_primaries(&s));
+    assert_eq!(s.primaries.as_ref().unwrap().get(&route), Some(&3));
+    // Unapproved: no primary at all.
+    for id in [2, 3] {
+        s.nodes.get_mut(&id).unwrap().approved_routes.clear();
+    }
+    assert!(elect_primaries(&s).is_empty());
 }
