@@ -60,7 +60,7 @@ pub struct StreamTicket {
 impl Hub {
     /// A hub over an initial snapshot.
     pub fn new(mut snap: Snapshot) -> Hub {
-        reelect(&mut snap);
+        reelect(&mut snap, Time::from_system(std::time::SystemTime::now()));
         let (tx, _) = broadcast::channel(256);
         Hub {
             inner: Mutex::new(Inner {
@@ -97,7 +97,7 @@ impl Hub {
         if changes.is_empty() {
             return;
         }
-        changes.extend(reelect(snap));
+        changes.extend(reelect(snap, now));
         if let Some(engine) = inner.policy.as_mut() {
             engine.follow(snap, &inner.groups, &mut changes);
         }
@@ -301,8 +301,8 @@ impl Hub {
 /// Elects the primary router of each subnet route again (a router went offline or came
 /// online, routes were approved or advertised); every node whose primary routes changed
 /// is updated in full for its peers.
-fn reelect(snap: &mut Snapshot) -> Vec<Change> {
-    let new = weft_mapper::elect_primaries(snap);
+fn reelect(snap: &mut Snapshot, now: Time) -> Vec<Change> {
+    let new = weft_mapper::elect_primaries(snap, now);
     let old = snap.primaries.take().unwrap_or_default();
     let mut moved = std::collections::BTreeSet::new();
     for (route, id) in &old {

@@ -139,10 +139,13 @@ pub fn peer_node(snap: &Snapshot, n: &NodeState, now: Time) -> Node {
 /// approved nodes that advertise the route and are approved for it, the current primary
 /// stays while it is online (no flapping back); otherwise the online node with the lowest
 /// ID takes over. With no router online the current primary stays (or the lowest ID
-/// becomes it), so a lone router's route does not vanish while it reconnects.
-pub fn elect_primaries(snap: &Snapshot) -> BTreeMap<IpNet, NodeId> {
+/// becomes it), so a lone router's route does not vanish while it reconnects. Nodes
+/// awaiting device approval or with an expired key at `now` are not candidates.
+pub fn elect_primaries(snap: &Snapshot, now: Time) -> BTreeMap<IpNet, NodeId> {
     let mut candidates: BTreeMap<IpNet, Vec<&NodeState>> = BTreeMap::new();
-    for n in snap.nodes.values().filter(|n| n.machine_authorized) {
+    let eligible =
+        |n: &&NodeState| n.machine_authorized && (!n.tags.is_empty() || !n.is_expired(now));
+    for n in snap.nodes.values().filter(eligible) {
         if n.approved_routes.is_empty() {
             continue;
         }

@@ -343,7 +343,7 @@ fn one_primary_per_subnet_route_sticky_while_online_lowest_online_id_otherwise()
     }
     // Node 4 advertises but is not approved for the subnet route.
     s.nodes.get_mut(&4).unwrap().approved_routes.remove(0);
-    s.primaries = Some(elect_primaries(&s));
+    s.primaries = Some(elect_primaries(&s, NOW));
     assert_eq!(s.primaries.as_ref().unwrap().get(&route), Some(&2));
     let (m, _) = full_map(&s, 1, NOW).unwrap();
     let by_id = |m: &MapResponse, id: NodeId| m.peers.iter().find(|p| p.id == id).cloned().unwrap();
@@ -357,20 +357,24 @@ fn one_primary_per_subnet_route_sticky_while_online_lowest_online_id_otherwise()
 
     // Node 2 goes offline: 3 takes over; 2 back online: 3 keeps it.
     s.nodes.get_mut(&2).unwrap().online = false;
-    s.primaries = Some(elect_primaries(&s));
+    s.primaries = Some(elect_primaries(&s, NOW));
     assert_eq!(s.primaries.as_ref().unwrap().get(&route), Some(&3));
     s.nodes.get_mut(&2).unwrap().online = true;
-    s.primaries = Some(elect_primaries(&s));
+    s.primaries = Some(elect_primaries(&s, NOW));
     assert_eq!(s.primaries.as_ref().unwrap().get(&route), Some(&3));
     // Everyone offline: the current primary stays.
     for id in [2, 3] {
         s.nodes.get_mut(&id).unwrap().online = false;
     }
-    s.primaries = Some(elect_primaries(&s));
+    s.primaries = Some(elect_primaries(&s, NOW));
     assert_eq!(s.primaries.as_ref().unwrap().get(&route), Some(&3));
+    // An expired key disqualifies: node 2 takes over although offline.
+    s.nodes.get_mut(&3).unwrap().key_expiry = Some(Time::from_unix(1_000, 0));
+    s.primaries = Some(elect_primaries(&s, NOW));
+    assert_eq!(s.primaries.as_ref().unwrap().get(&route), Some(&2));
     // Unapproved: no primary at all.
     for id in [2, 3] {
         s.nodes.get_mut(&id).unwrap().approved_routes.clear();
     }
-    assert!(elect_primaries(&s).is_empty());
+    assert!(elect_primaries(&s, NOW).is_empty());
 }
