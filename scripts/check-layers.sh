@@ -3,7 +3,7 @@
 # Style guide B.1: vocabulary and sans-IO cores never touch tokio, sockets, databases or TUN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pure=(weft-key weft-tailcfg weft-proto weft-mapper weft-policy weft-filter weft-magicsock weft-netmap)
+pure=(weft-key weft-tailcfg weft-proto weft-mapper weft-policy weft-filter weft-magicsock weft-netmap weft-tka)
 bad=0
 for c in "${pure[@]}"; do
   [ -d "crates/$c" ] || continue
