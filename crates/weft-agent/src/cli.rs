@@ -314,7 +314,7 @@ pub fn format_status(s: &Status) -> String {
         BackendState::NoState => out.push_str("Weft is not configured; run `weft up`.\n"),
     }
     if let Some(me) = &s.self_ {
-        out.push_str(&node_line(me, "-"));
+        out.push_str(&node_line(me, &with_routes(me, "-".to_owned())));
     }
     for p in s.peer.values() {
         let state = if !p.cur_addr.is_empty() {
@@ -332,7 +332,7 @@ pub fn format_status(s: &Status) -> String {
         } else {
             "-".to_owned()
         };
-        out.push_str(&node_line(p, &state));
+        out.push_str(&node_line(p, &with_routes(p, state)));
     }
     for h in &s.health {
         let _ = writeln!(out, "# Health check: {h}");
@@ -359,6 +359,19 @@ fn node_line(p: &crate::localapi::PeerStatus, state: &str) -> String {
     };
     let os = if p.os.is_empty() { "-" } else { &p.os };
     format!("{ip:<15} {name:<20} {owner:<15} {os:<7} {state}\n")
+}
+
+/// `state`, plus what the node routes: "; offers exit node" as Tailscale prints it, and the
+/// subnets it serves.
+fn with_routes(p: &crate::localapi::PeerStatus, mut state: String) -> String {
+    if p.exit_node_option {
+        state.push_str("; offers exit node");
+    }
+    if !p.primary_routes.is_empty() {
+        let routes: Vec<String> = p.primary_routes.iter().map(ToString::to_string).collect();
+        let _ = write!(state, "; subnets {}", routes.join(","));
+    }
+    state
 }
 
 /// `weft netcheck` text, in the shape of `tailscale netcheck`.
@@ -590,6 +603,21 @@ mod tests {
             "{}",
             lines[1]
         );
+    }
+
+    #[test]
+    fn status_shows_exit_nodes_and_served_subnets() {
+        let mut s = status();
+        let p = s.peer.values_mut().next().unwrap();
+        p.exit_node_option = true;
+        p.primary_routes = vec!["10.77.0.0/24".parse().unwrap()];
+        let text = format_status(&s);
+        let line = text.lines().nth(1).unwrap();
+        assert!(
+            line.ends_with("; offers exit node; subnets 10.77.0.0/24"),
+            "{line}"
+        );
+        assert!(!text.lines().next().unwrap().contains("offers"));
     }
 
     #[test]
