@@ -184,6 +184,7 @@ impl Engine {
             local_routes: Vec::new(),
             via_tun: Vec::new(),
             netmap: None,
+            dns: crate::dns::Resolver::default(),
             tun,
             derp: BTreeMap::new(),
             derp_tx,
@@ -245,6 +246,8 @@ pub struct DataPlaneCounters {
     pub udp_send_errors: u64,
     /// Failed TUN writes (or a full test channel).
     pub tun_send_errors: u64,
+    /// DNS queries to quad-100 answered by the MagicDNS resolver.
+    pub dns_answered: u64,
 }
 
 enum TunPort {
@@ -265,6 +268,8 @@ struct Driver {
     /// Accepted routes: UDP to endpoints inside them is not sent.
     via_tun: Vec<ipnet::IpNet>,
     netmap: Option<Box<NetworkMap>>,
+    /// MagicDNS (quad-100), rebuilt with every netmap.
+    dns: crate::dns::Resolver,
     tun: TunPort,
     derp: BTreeMap<RegionId, DerpConn>,
     derp_tx: mpsc::Sender<DerpIn>,
@@ -409,6 +414,10 @@ impl Driver {
         if self.ms.is_none() {
             return;
         }
+        if crate::dns::is_quad100(pkt) {
+            self.answer_quad100(pkt).await;
+            return;
+        }
         if let Ok(view) = PacketView::parse(pkt) {
             if let Verdict::Drop(d) = self.filter.track_outbound(&view, now) {
                 self.stats.filtered_out += 1;
@@ -430,6 +439,21 @@ impl Driver {
             }
             Ok(None) => {}
             Err(e) => tracing::trace!(%e, "cannot send packet from TUN"),
+        }
+    }
+
+    /// A packet to quad-100: DNS queries are answered into the TUN batch; anything else
+    /// there is dropped (no peer owns the address).
+    async fn answer_quad100(&mut self, pkt: &[u8]) {
+        let Some(reply) = self.dns.handle_packet(pkt) else {
+            tracing::trace!("dropping packet to quad-100 that is no DNS query");
+            return;
+        };
+        if self.ttx.is_full() {
+            self.flush_tun().await;
+        }
+        if self.ttx.push(&reply) {
+            self.stats.dns_answered += 1;
         }
     }
 
@@ -586,6 +610,7 @@ impl Driver {
 
     fn apply_netmap(&mut self, nm: Box<NetworkMap>, now: Instant) {
         self.set_filter(&nm);
+        self.dns = crate::dns::Resolver::from_netmap(&nm);
         if let Some(ms) = self.ms.as_mut() {
             ms.set_derp_map(derp_regions(&nm), now);
             ms.set_peers(peer_configs(&nm), now);
