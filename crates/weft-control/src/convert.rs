@@ -1,5 +1,6 @@
 //! Conversions between store rows, mapper state and wire types.
 
+use base64::Engine as _;
 use time::OffsetDateTime;
 use weft_mapper::{NodeState, UserInfo};
 use weft_tailcfg::{Hostinfo, Login, Time, User};
@@ -54,7 +55,10 @@ pub fn node_state(n: &weft_store::Node, online: bool, cap: i64) -> NodeState {
         last_seen: n.last_seen.map(to_time),
         machine_authorized: n.approved,
         cap,
-        key_signature: None,
+        key_signature: n
+            .key_signature
+            .as_ref()
+            .map(|s| base64::engine::general_purpose::STANDARD.encode(s)),
     }
 }
 

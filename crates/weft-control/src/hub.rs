@@ -359,6 +359,7 @@ fn classify(old: &NodeState, new: &NodeState) -> Option<Change> {
         || old.approved_routes != new.approved_routes
         || old.machine_authorized != new.machine_authorized
         || old.machine_key != new.machine_key
+        || old.key_signature != new.key_signature
         || hi_old != hi_new;
     if full {
         return Some(Change::NodeUpdated(new.id));

@@ -22,6 +22,7 @@ mod machine;
 pub mod policy;
 mod poll;
 mod register;
+mod tka;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -74,6 +75,12 @@ pub(crate) struct Inner {
     pub(crate) clock: Box<dyn Fn() -> SystemTime + Send + Sync>,
     /// OpenID Connect relying party, when configured (discovery happens on first use).
     pub(crate) oidc: Option<Arc<weft_oidc::OidcProvider>>,
+    /// Serialises Tailnet Lock changes (load, verify, commit).
+    pub(crate) tka: tokio::sync::Mutex<()>,
+    /// Tailnet Lock state kept only in memory (a pending init).
+    pub(crate) tka_runtime: Mutex<tka::TkaRuntime>,
+    /// The `TKAInfo` every map response carries (`None`: lock never enabled).
+    pub(crate) tka_info: Mutex<Option<weft_tailcfg::TkaInfo>>,
 }
 
 /// The coordination server. Cheap to clone.
@@ -142,6 +149,7 @@ impl Control {
             })?),
             None => None,
         };
+        let tka_info = tka::info_for(store.tka_state().await?.as_ref());
         let hub = hub::Hub::new(snap);
         let now = Time::from_system(SystemTime::now());
         for (user, g) in groups {
@@ -161,6 +169,9 @@ impl Control {
                 auth_waiters: Mutex::new(BTreeMap::new()),
                 clock: Box::new(SystemTime::now),
                 oidc,
+                tka: tokio::sync::Mutex::new(()),
+                tka_runtime: Mutex::new(tka::TkaRuntime::default()),
+                tka_info: Mutex::new(tka_info),
             }),
         })
     }

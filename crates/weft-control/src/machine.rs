@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use weft_tailcfg::{RegisterRequest, SetDnsRequest};
 use weft_ts2021::NoisePeer;
 
-use crate::{poll, register, ApiError, Control};
+use crate::{poll, register, tka, ApiError, Control};
 
 /// Request bodies above this are refused (Tailscale clients send far less).
 pub(crate) const MAX_BODY: usize = 1 << 20;
@@ -27,7 +27,15 @@ pub(crate) fn router(c: Control) -> Router {
         .route("/machine/id-token", post(not_implemented))
         .route("/machine/feature/query", post(not_implemented))
         .route("/machine/webclient/{*rest}", any(not_implemented))
-        .route("/machine/tka/{*rest}", any(tka_disabled))
+        .route("/machine/tka/init/begin", any(tka::init_begin))
+        .route("/machine/tka/init/finish", any(tka::init_finish))
+        .route("/machine/tka/bootstrap", any(tka::bootstrap))
+        .route("/machine/tka/sync/offer", any(tka::sync_offer))
+        .route("/machine/tka/sync/send", any(tka::sync_send))
+        .route("/machine/tka/disable", any(tka::disable))
+        .route("/machine/tka/sign", any(tka::sign))
+        .route("/machine/tka/affected-sigs", any(tka::affected_sigs))
+        .route("/machine/tka/{*rest}", any(tka_unknown))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -117,6 +125,6 @@ async fn not_implemented() -> Response {
     ApiError::NotImplemented("this endpoint").into_response()
 }
 
-async fn tka_disabled() -> Response {
-    ApiError::NotImplemented("tailnet lock is not enabled on this server").into_response()
+async fn tka_unknown() -> Response {
+    ApiError::NotImplemented("this tailnet lock endpoint").into_response()
 }

@@ -46,7 +46,9 @@ pub(crate) async fn handle(c: Control, peer: NoisePeer, body: &[u8]) -> Result<R
             return Ok(StatusCode::OK.into_response());
         }
         let snap = c.inner.hub.snapshot();
-        let (m, _) = full_map(&snap, id, c.now()).map_err(|e| ApiError::NotFound(e.to_string()))?;
+        let (mut m, _) =
+            full_map(&snap, id, c.now()).map_err(|e| ApiError::NotFound(e.to_string()))?;
+        add_tka(&c, &mut m);
         return Ok(frame_response(Body::from(encode_frame(&m, zstd))));
     }
     Ok(stream(c, id, zstd))
@@ -84,6 +86,21 @@ async fn apply_live(c: &Control, node: weft_store::Node, req: &MapRequest) -> Re
     }
     c.refresh_node(&n, Some(req.version)).await;
     Ok(())
+}
+
+/// Tailnet Lock: once the lock was ever enabled, every map message carries `TKAInfo` (a
+/// repeated head is a no-op for clients), and the self node gets the tailnet-lock
+/// capability, without which clients ignore `TKAInfo`.
+fn add_tka(c: &Control, m: &mut MapResponse) {
+    if let Some(node) = m.node.as_mut() {
+        node.cap_map
+            .get_or_insert_with(Default::default)
+            .entry(weft_tailcfg::CAP_TAILNET_LOCK.to_owned())
+            .or_insert(None);
+    }
+    if let Some(info) = c.tka_info() {
+        m.tka_info = Some(info);
+    }
 }
 
 fn frame_response(body: Body) -> Response {
@@ -142,11 +159,12 @@ fn stream(c: Control, id: i64, zstd: bool) -> Response {
     let now = c.now();
     let (ticket, snap, mut rx) = c.inner.hub.open_stream(now, id);
     let (tx, body_rx) = mpsc::channel::<Bytes>(16);
-    let Ok((first, mut session)) = full_map(&snap, id, now) else {
+    let Ok((mut first, mut session)) = full_map(&snap, id, now) else {
         c.inner.hub.close_stream(now, &ticket);
         return ApiError::NotFound("node".into()).into_response();
     };
     let keepalive = encode_frame(&MapResponse::keep_alive(), zstd);
+    add_tka(&c, &mut first);
     let _ = tx.try_send(encode_frame(&first, zstd));
     tracing::info!(node = id, peers = first.peers.len(), "map stream opened");
     let span = tracing::info_span!("map_stream", node = id);
@@ -163,7 +181,10 @@ fn stream(c: Control, id: i64, zstd: bool) -> Response {
                                 break;
                             }
                             match batch.delta.for_session(&batch.snap, &mut session) {
-                                Some(m) => encode_frame(&m, zstd),
+                                Some(mut m) => {
+                                    add_tka(&c, &mut m);
+                                    encode_frame(&m, zstd)
+                                }
                                 None => continue,
                             }
                         }
@@ -171,8 +192,9 @@ fn stream(c: Control, id: i64, zstd: bool) -> Response {
                             tracing::debug!(missed = n, "map stream lagged; resending full map");
                             let snap = c.inner.hub.snapshot();
                             match full_map(&snap, id, c.now()) {
-                                Ok((m, s)) => {
+                                Ok((mut m, s)) => {
                                     session = s;
+                                    add_tka(&c, &mut m);
                                     encode_frame(&m, zstd)
                                 }
                                 Err(_) => break,

@@ -259,6 +259,22 @@ pub trait Store: Send + Sync + 'static {
     /// Entries newest first, at most `limit`, only those with id < `before` if given.
     async fn list_audit(&self, limit: u32, before: Option<i64>) -> StoreResult<Vec<AuditEntry>>;
 
+    // ----- tailnet lock -----
+    /// The Tailnet Lock state row, `None` if the lock was never enabled.
+    async fn tka_state(&self) -> StoreResult<Option<TkaState>>;
+    /// Every stored AUM, in commit order.
+    async fn tka_aums(&self) -> StoreResult<Vec<TkaAumRecord>>;
+    /// Applies a Tailnet Lock change in one transaction: optionally wipes AUMs and node
+    /// signatures, stores the new AUMs, sets node signatures, and writes the state row.
+    /// `NotFound` if a signature names a missing node (nothing is changed then).
+    async fn tka_commit(&self, commit: TkaCommit) -> StoreResult<()>;
+    /// Sets (or clears) one node's Tailnet Lock key signature.
+    async fn set_node_key_signature(
+        &self,
+        id: NodeId,
+        signature: Option<Vec<u8>>,
+    ) -> StoreResult<Node>;
+
     // ----- server state -----
     /// A value from the key-value table (Noise private key, DERP key, ...).
     async fn kv_get(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;

@@ -204,6 +204,9 @@ pub struct Node {
     pub created_at: OffsetDateTime,
     /// When any stored field last changed.
     pub updated_at: OffsetDateTime,
+    /// Tailnet Lock: the CBOR node-key signature of the current node key, if signed.
+    #[serde(default)]
+    pub key_signature: Option<Vec<u8>>,
 }
 
 impl Node {
@@ -402,4 +405,72 @@ pub struct NewAuditEntry {
     pub target: String,
     /// Extra detail.
     pub detail: serde_json::Value,
+}
+
+/// Whether Tailnet Lock is on for the tailnet (no row at all = never enabled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TkaMode {
+    /// Enabled: nodes must carry valid key signatures.
+    Enabled,
+    /// Disabled with a disablement secret (kept in [`TkaState::disablement_secret`]).
+    Disabled,
+}
+
+impl TkaMode {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            TkaMode::Enabled => "enabled",
+            TkaMode::Disabled => "disabled",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        match s {
+            "enabled" => Some(TkaMode::Enabled),
+            "disabled" => Some(TkaMode::Disabled),
+            _ => None,
+        }
+    }
+}
+
+/// The tailnet's Tailnet Lock (TKA) state row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TkaState {
+    /// Enabled or disabled.
+    pub mode: TkaMode,
+    /// Hash of the genesis AUM (32 bytes); also the last-active-ancestor hint, since the
+    /// server never compacts.
+    pub genesis_hash: Vec<u8>,
+    /// Hash of the active chain's head AUM (32 bytes).
+    pub head: Vec<u8>,
+    /// The secret that disabled the lock (once used it is public).
+    pub disablement_secret: Option<Vec<u8>>,
+    /// The support disablement secret sent in init/finish, if any.
+    pub support_disablement: Option<Vec<u8>>,
+    /// When the row last changed.
+    pub updated_at: OffsetDateTime,
+}
+
+/// One stored AUM (canonical CBOR, keyed by its hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TkaAumRecord {
+    /// BLAKE2s hash of `data` (32 bytes).
+    pub hash: Vec<u8>,
+    /// Parent hash; `None` for a genesis.
+    pub parent: Option<Vec<u8>>,
+    /// Canonical CBOR encoding.
+    pub data: Vec<u8>,
+}
+
+/// One atomic Tailnet Lock change: see [`crate::Store::tka_commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TkaCommit {
+    /// The new state row.
+    pub state: TkaState,
+    /// Delete every stored AUM and every node's key signature first (a new genesis).
+    pub reset: bool,
+    /// AUMs to add (already stored hashes are ignored), oldest first.
+    pub aums: Vec<TkaAumRecord>,
+    /// Node key signatures to set (`None` clears).
+    pub signatures: Vec<(NodeId, Option<Vec<u8>>)>,
 }

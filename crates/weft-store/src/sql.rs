@@ -32,7 +32,7 @@ macro_rules! node_cols {
     () => {
         "id, machine_key, node_key, disco_key, nl_key, user_id, hostname, given_name, ipv4, ipv6, hostinfo_json, \
          endpoints_json, tags_json, approved_routes_json, auth_key_id, ephemeral, approved, expiry, \
-         key_expiry_disabled, last_seen, created_at, updated_at"
+         key_expiry_disabled, last_seen, created_at, updated_at, key_signature"
     };
 }
 macro_rules! session_cols {
@@ -219,6 +219,7 @@ macro_rules! impl_store {
                 last_seen: from_ts_opt(r.try_get("last_seen")?),
                 created_at: from_ts(r.try_get("created_at")?),
                 updated_at: from_ts(r.try_get("updated_at")?),
+                key_signature: r.try_get("key_signature")?,
             })
         }
 
@@ -993,6 +994,109 @@ macro_rules! impl_store {
                     .fetch_optional(&self.pool)
                     .await?;
                 Ok(row.map(|(v,)| v))
+            }
+
+            async fn tka_state(&self) -> StoreResult<Option<TkaState>> {
+                let row = sqlx::query(
+                    "SELECT mode, genesis_hash, head, disablement_secret, support_disablement, updated_at \
+                     FROM tka_state WHERE id = 1",
+                )
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some(r) = row else { return Ok(None) };
+                let mode: String = r.try_get("mode")?;
+                Ok(Some(TkaState {
+                    mode: TkaMode::parse(&mode)
+                        .ok_or_else(|| StoreError::Decode(format!("tka_state.mode {mode:?}")))?,
+                    genesis_hash: r.try_get("genesis_hash")?,
+                    head: r.try_get("head")?,
+                    disablement_secret: r.try_get("disablement_secret")?,
+                    support_disablement: r.try_get("support_disablement")?,
+                    updated_at: from_ts(r.try_get("updated_at")?),
+                }))
+            }
+
+            async fn tka_aums(&self) -> StoreResult<Vec<TkaAumRecord>> {
+                let rows = sqlx::query("SELECT hash, parent, data FROM tka_aums ORDER BY seq")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(TkaAumRecord {
+                            hash: r.try_get("hash")?,
+                            parent: r.try_get("parent")?,
+                            data: r.try_get("data")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn tka_commit(&self, commit: TkaCommit) -> StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                let at = ts(commit.state.updated_at);
+                if commit.reset {
+                    sqlx::query("DELETE FROM tka_aums").execute(&mut *tx).await?;
+                    sqlx::query("UPDATE nodes SET key_signature = NULL WHERE key_signature IS NOT NULL")
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let mut seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM tka_aums")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                for a in &commit.aums {
+                    seq += 1;
+                    sqlx::query(
+                        "INSERT INTO tka_aums (hash, parent, data, seq, created_at) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (hash) DO NOTHING",
+                    )
+                    .bind(a.hash.clone())
+                    .bind(a.parent.clone())
+                    .bind(a.data.clone())
+                    .bind(seq)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                for (id, sig) in &commit.signatures {
+                    let res = sqlx::query("UPDATE nodes SET key_signature = $2, updated_at = $3 WHERE id = $1")
+                        .bind(id.0)
+                        .bind(sig.clone())
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?;
+                    if res.rows_affected() == 0 {
+                        return Err(StoreError::NotFound(format!("node {id}")));
+                    }
+                }
+                let st = &commit.state;
+                sqlx::query(
+                    "INSERT INTO tka_state (id, mode, genesis_hash, head, disablement_secret, support_disablement, updated_at) \
+                     VALUES (1, $1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (id) DO UPDATE SET mode = excluded.mode, genesis_hash = excluded.genesis_hash, \
+                     head = excluded.head, disablement_secret = excluded.disablement_secret, \
+                     support_disablement = excluded.support_disablement, updated_at = excluded.updated_at",
+                )
+                .bind(st.mode.as_str())
+                .bind(st.genesis_hash.clone())
+                .bind(st.head.clone())
+                .bind(st.disablement_secret.clone())
+                .bind(st.support_disablement.clone())
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn set_node_key_signature(&self, id: NodeId, signature: Option<Vec<u8>>) -> StoreResult<Node> {
+                let q = sqlx::query(concat!(
+                    "UPDATE nodes SET key_signature = $2, updated_at = $3 WHERE id = $1 RETURNING ",
+                    node_cols!()
+                ))
+                .bind(id.0)
+                .bind(signature)
+                .bind(ts(now()));
+                self.update_node_returning(q, id).await
             }
 
             async fn kv_put(&self, key: &str, value: &[u8]) -> StoreResult<()> {

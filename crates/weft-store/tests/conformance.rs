@@ -885,6 +885,137 @@ async fn kv_stores_binary_values(s: &dyn Store) {
     assert_eq!(s.kv_get("noise_private").await.unwrap(), None);
 }
 
+async fn tka_state_aums_and_signatures_commit_atomically(s: &dyn Store) {
+    assert_eq!(s.tka_state().await.unwrap(), None);
+    assert!(s.tka_aums().await.unwrap().is_empty());
+    let u = user(s, "tka").await;
+    let a = s.create_node(new_node(1, u.id, "a"), NOW).await.unwrap();
+    let b = s.create_node(new_node(2, u.id, "b"), NOW).await.unwrap();
+    assert_eq!(a.key_signature, None);
+    let genesis = TkaAumRecord {
+        hash: vec![1; 32],
+        parent: None,
+        data: vec![0xa4, 0, 0xff],
+    };
+    let state = TkaState {
+        mode: TkaMode::Enabled,
+        genesis_hash: vec![1; 32],
+        head: vec![1; 32],
+        disablement_secret: None,
+        support_disablement: Some(vec![9; 32]),
+        updated_at: NOW,
+    };
+    s.tka_commit(TkaCommit {
+        state: state.clone(),
+        reset: true,
+        aums: vec![genesis.clone()],
+        signatures: vec![(a.id, Some(vec![7, 7])), (b.id, Some(vec![8]))],
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.tka_state().await.unwrap(), Some(state.clone()));
+    assert_eq!(s.tka_aums().await.unwrap(), vec![genesis.clone()]);
+    assert_eq!(
+        s.get_node(a.id).await.unwrap().key_signature,
+        Some(vec![7, 7])
+    );
+    assert_eq!(s.get_node(b.id).await.unwrap().key_signature, Some(vec![8]));
+
+    // A commit naming a missing node changes nothing (not even the AUMs before it).
+    let child = TkaAumRecord {
+        hash: vec![2; 32],
+        parent: Some(vec![1; 32]),
+        data: vec![1, 2, 3],
+    };
+    let moved = TkaState {
+        head: vec![2; 32],
+        ..state.clone()
+    };
+    let err = s
+        .tka_commit(TkaCommit {
+            state: moved.clone(),
+            reset: false,
+            aums: vec![child.clone()],
+            signatures: vec![(NodeId(999_999), Some(vec![1]))],
+        })
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+    assert_eq!(s.tka_state().await.unwrap(), Some(state.clone()));
+    assert_eq!(s.tka_aums().await.unwrap().len(), 1);
+
+    // Appending keeps commit order and ignores AUMs already stored.
+    s.tka_commit(TkaCommit {
+        state: moved.clone(),
+        reset: false,
+        aums: vec![genesis.clone(), child.clone()],
+        signatures: vec![],
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.tka_aums().await.unwrap(),
+        vec![genesis.clone(), child.clone()]
+    );
+    assert_eq!(s.tka_state().await.unwrap().unwrap().head, vec![2; 32]);
+
+    // Per-node signature updates, and they survive a node listing.
+    let a2 = s.set_node_key_signature(a.id, None).await.unwrap();
+    assert_eq!(a2.key_signature, None);
+    let a3 = s
+        .set_node_key_signature(a.id, Some(vec![5; 40]))
+        .await
+        .unwrap();
+    assert_eq!(a3.key_signature, Some(vec![5; 40]));
+    let listed = s.list_nodes().await.unwrap();
+    assert_eq!(
+        listed.iter().find(|n| n.id == a.id).unwrap().key_signature,
+        Some(vec![5; 40])
+    );
+    assert!(s
+        .set_node_key_signature(NodeId(999_999), None)
+        .await
+        .unwrap_err()
+        .is_not_found());
+
+    // Disabling keeps the log and records the secret; a reset wipes AUMs and signatures.
+    let disabled = TkaState {
+        mode: TkaMode::Disabled,
+        disablement_secret: Some(vec![0xa5; 32]),
+        ..moved.clone()
+    };
+    s.tka_commit(TkaCommit {
+        state: disabled.clone(),
+        reset: false,
+        aums: vec![],
+        signatures: vec![],
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.tka_state().await.unwrap(), Some(disabled));
+    assert_eq!(s.tka_aums().await.unwrap().len(), 2);
+    let fresh = TkaAumRecord {
+        hash: vec![3; 32],
+        parent: None,
+        data: vec![3],
+    };
+    s.tka_commit(TkaCommit {
+        state: TkaState {
+            genesis_hash: vec![3; 32],
+            head: vec![3; 32],
+            ..state
+        },
+        reset: true,
+        aums: vec![fresh.clone()],
+        signatures: vec![],
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.tka_aums().await.unwrap(), vec![fresh]);
+    assert_eq!(s.get_node(a.id).await.unwrap().key_signature, None);
+    assert_eq!(s.get_node(b.id).await.unwrap().key_signature, None);
+}
+
 // ------------------------------------------------------------------------------------------
 // backends
 // ------------------------------------------------------------------------------------------
@@ -1018,6 +1149,7 @@ conformance!(
     policy_history_keeps_every_version,
     audit_log_lists_newest_first_with_paging,
     kv_stores_binary_values,
+    tka_state_aums_and_signatures_commit_atomically,
 );
 
 #[test]

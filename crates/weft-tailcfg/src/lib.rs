@@ -17,6 +17,7 @@ pub mod node;
 pub mod register;
 mod serde_helpers;
 pub mod time;
+pub mod tka;
 
 pub use derp::{DerpHomeParams, DerpMap, DerpNode, DerpRegion};
 pub use dns::{DnsConfig, DnsRecord, Resolver};
@@ -30,6 +31,16 @@ pub use misc::{
 pub use node::{Login, Node, NodeId, PeerChange, User, UserId, UserProfile};
 pub use register::{RegisterAuth, RegisterRequest, RegisterResponse};
 pub use time::{Time, TimeParseError};
+pub use tka::{
+    B64Bytes, TkaBootstrapRequest, TkaBootstrapResponse, TkaDisableRequest, TkaDisableResponse,
+    TkaInitBeginRequest, TkaInitBeginResponse, TkaInitFinishRequest, TkaInitFinishResponse,
+    TkaSignInfo, TkaSignaturesUsingKeyRequest, TkaSignaturesUsingKeyResponse,
+    TkaSubmitSignatureRequest, TkaSubmitSignatureResponse, TkaSyncOfferRequest,
+    TkaSyncOfferResponse, TkaSyncSendRequest, TkaSyncSendResponse,
+};
+
+/// The node capability that lets a node take part in Tailnet Lock.
+pub const CAP_TAILNET_LOCK: &str = "https://tailscale.com/cap/tailnet-lock";
 
 /// The capability version of Tailscale 1.90 (what our reference clients send).
 pub const CAPVER_1_90: i64 = 130;

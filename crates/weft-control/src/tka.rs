@@ -1,0 +1,614 @@
+//! Tailnet Lock (TKA) on the coordination server: the `/machine/tka/*` endpoints.
+//!
+//! The server is one more TKA replica. It never signs anything: it checks what nodes send
+//! with `weft_tka` and stores it. Per request, the AUM log is loaded from the store into a
+//! [`MemChonk`] (AUMs are small and the server never compacts), the authority is opened
+//! from it, and whatever the request adds is committed to the store in one transaction.
+//! Every TKA change runs under [`Inner::tka`](crate::Inner) so two changes never race.
+//!
+//! Map integration: [`Control::tka_info`] is the `TKAInfo` every map frame carries once
+//! the lock was ever enabled; a head change or a disable resyncs every stream; a node's
+//! key signature travels in its `Node.KeySignature` (see [`crate::convert::node_state`]).
+
+use std::collections::BTreeSet;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use weft_key::NodePublic;
+use weft_store::{NodeId, TkaAumRecord, TkaCommit, TkaMode, TkaState};
+use weft_tailcfg::{
+    B64Bytes, TkaBootstrapRequest, TkaBootstrapResponse, TkaDisableRequest, TkaDisableResponse,
+    TkaInfo, TkaInitBeginRequest, TkaInitBeginResponse, TkaInitFinishRequest,
+    TkaInitFinishResponse, TkaSignInfo, TkaSignaturesUsingKeyRequest,
+    TkaSignaturesUsingKeyResponse, TkaSubmitSignatureRequest, TkaSubmitSignatureResponse,
+    TkaSyncOfferRequest, TkaSyncOfferResponse, TkaSyncSendRequest, TkaSyncSendResponse,
+};
+use weft_tka::{Aum, AumHash, Authority, Chonk, MemChonk, NodeKeySignature, SyncOffer, TkaError};
+use weft_ts2021::NoisePeer;
+
+use crate::machine::parse_json;
+use crate::{ApiError, Control};
+
+/// A genesis accepted by init/begin, waiting for init/finish.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingInit {
+    genesis: Aum,
+    by: NodeId,
+}
+
+/// Mutable TKA bookkeeping kept in memory (the rest is in the store).
+#[derive(Debug, Default)]
+pub(crate) struct TkaRuntime {
+    pending: Option<PendingInit>,
+}
+
+/// What map responses say about the lock for a stored state row.
+pub(crate) fn info_for(state: Option<&TkaState>) -> Option<TkaInfo> {
+    let st = state?;
+    Some(match st.mode {
+        TkaMode::Enabled => TkaInfo {
+            head: AumHash::from_slice(&st.head)
+                .map(|h| h.to_text())
+                .unwrap_or_default(),
+            disabled: false,
+        },
+        TkaMode::Disabled => TkaInfo {
+            head: String::new(),
+            disabled: true,
+        },
+    })
+}
+
+fn tka_err(e: TkaError) -> ApiError {
+    match e {
+        TkaError::Storage(_) | TkaError::Chain(_) | TkaError::IterationLimit(_) => {
+            ApiError::Internal(format!("tailnet lock: {e}"))
+        }
+        other => ApiError::BadRequest(format!("tailnet lock: {other}")),
+    }
+}
+
+fn record(aum: &Aum) -> TkaAumRecord {
+    TkaAumRecord {
+        hash: aum.hash().0.to_vec(),
+        parent: aum.parent().map(|p| p.0.to_vec()),
+        data: aum.serialize(),
+    }
+}
+
+/// The enabled authority, loaded from the store.
+struct Loaded {
+    state: TkaState,
+    chonk: MemChonk,
+    authority: Authority,
+}
+
+impl Control {
+    /// The `TKAInfo` map responses carry (`None` while the lock was never enabled).
+    pub fn tka_info(&self) -> Option<TkaInfo> {
+        self.inner
+            .tka_info
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_tka_info(&self, state: &TkaState) {
+        let info = info_for(Some(state));
+        *self
+            .inner
+            .tka_info
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = info;
+        // Every stream gets a full map carrying the new TKAInfo.
+        self.inner
+            .hub
+            .apply(self.now(), |_| vec![weft_mapper::Change::Everything]);
+    }
+
+    /// Loads the enabled authority; `BadRequest` when the lock is not enabled.
+    async fn load_tka(&self) -> Result<Loaded, ApiError> {
+        let Some(state) = self.inner.store.tka_state().await? else {
+            return Err(ApiError::BadRequest("tailnet lock is not enabled".into()));
+        };
+        if state.mode != TkaMode::Enabled {
+            return Err(ApiError::BadRequest("tailnet lock is disabled".into()));
+        }
+        let mut chonk = MemChonk::new();
+        let mut aums = Vec::new();
+        for r in self.inner.store.tka_aums().await? {
+            let aum = Aum::decode(&r.data)
+                .map_err(|e| ApiError::Internal(format!("stored AUM does not decode: {e}")))?;
+            aums.push(aum);
+        }
+        chonk
+            .commit_verified_aums(&aums)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        if let Some(g) = AumHash::from_slice(&state.genesis_hash) {
+            chonk
+                .set_last_active_ancestor(g)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+        }
+        let authority = Authority::open(&chonk).map_err(tka_err)?;
+        Ok(Loaded {
+            state,
+            chonk,
+            authority,
+        })
+    }
+
+    /// Reloads nodes whose key signature changed into the hub (peers get the new node).
+    async fn refresh_nodes(&self, ids: &[NodeId]) -> Result<(), ApiError> {
+        for id in ids {
+            let n = self.inner.store.get_node(*id).await?;
+            self.refresh_node(&n, None).await;
+        }
+        Ok(())
+    }
+
+    /// The caller of a TKA endpoint: the node owning `node_key`, which must belong to the
+    /// Noise peer's machine key.
+    async fn tka_caller(
+        &self,
+        peer: &NoisePeer,
+        node_key: &NodePublic,
+    ) -> Result<weft_store::Node, ApiError> {
+        let n = self
+            .inner
+            .store
+            .get_node_by_node_key(node_key)
+            .await
+            .map_err(|e| {
+                if e.is_not_found() {
+                    ApiError::Unauthorized("unknown node key".into())
+                } else {
+                    e.into()
+                }
+            })?;
+        if n.machine_key != peer.machine {
+            return Err(ApiError::Unauthorized(
+                "node key belongs to another machine".into(),
+            ));
+        }
+        Ok(n)
+    }
+
+    async fn tka_init_begin(
+        &self,
+        peer: NoisePeer,
+        req: TkaInitBeginRequest,
+    ) -> Result<TkaInitBeginResponse, ApiError> {
+        let caller = self.tka_caller(&peer, &req.node_key).await?;
+        let _t = self.inner.tka.lock().await;
+        if let Some(st) = self.inner.store.tka_state().await? {
+            if st.mode == TkaMode::Enabled {
+                return Err(ApiError::Conflict("tailnet lock is already enabled".into()));
+            }
+        }
+        let genesis = Aum::decode(&req.genesis_aum.0)
+            .map_err(|e| ApiError::BadRequest(format!("genesis AUM: {e}")))?;
+        Authority::verify_bootstrap(&genesis).map_err(tka_err)?;
+        let need = self
+            .inner
+            .store
+            .list_nodes()
+            .await?
+            .into_iter()
+            .map(|n| TkaSignInfo {
+                node_id: n.id.0,
+                node_public: n.node_key,
+                rotation_pubkey: if n.nl_key.is_zero() {
+                    B64Bytes::default()
+                } else {
+                    B64Bytes(n.nl_key.as_bytes().to_vec())
+                },
+            })
+            .collect();
+        tracing::info!(node = caller.id.0, genesis = %genesis.hash(), "tailnet lock init begun");
+        self.inner
+            .tka_runtime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pending = Some(PendingInit {
+            genesis,
+            by: caller.id,
+        });
+        Ok(TkaInitBeginResponse {
+            need_signatures: need,
+        })
+    }
+
+    async fn tka_init_finish(
+        &self,
+        peer: NoisePeer,
+        req: TkaInitFinishRequest,
+    ) -> Result<TkaInitFinishResponse, ApiError> {
+        let caller = self.tka_caller(&peer, &req.node_key).await?;
+        let _t = self.inner.tka.lock().await;
+        let pending = self
+            .inner
+            .tka_runtime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pending
+            .clone();
+        let Some(pending) = pending else {
+            return Err(ApiError::BadRequest(
+                "no tailnet lock initialization in progress".into(),
+            ));
+        };
+        if pending.by != caller.id {
+            return Err(ApiError::Conflict(
+                "tailnet lock initialization was begun by another node".into(),
+            ));
+        }
+        if let Some(st) = self.inner.store.tka_state().await? {
+            if st.mode == TkaMode::Enabled {
+                return Err(ApiError::Conflict("tailnet lock is already enabled".into()));
+            }
+        }
+        let mut chonk = MemChonk::new();
+        let authority = Authority::bootstrap(&mut chonk, &pending.genesis).map_err(tka_err)?;
+        let mut signatures = Vec::new();
+        for (id, sig) in &req.signatures {
+            let n = self.inner.store.get_node(NodeId(*id)).await.map_err(|e| {
+                if e.is_not_found() {
+                    ApiError::BadRequest(format!("signature for unknown node {id}"))
+                } else {
+                    e.into()
+                }
+            })?;
+            authority
+                .node_key_authorized(&n.node_key, &sig.0)
+                .map_err(|e| {
+                    ApiError::BadRequest(format!("signature for node {id} does not verify: {e}"))
+                })?;
+            signatures.push((n.id, Some(sig.0.clone())));
+        }
+        let genesis_hash = pending.genesis.hash().0.to_vec();
+        let state = TkaState {
+            mode: TkaMode::Enabled,
+            genesis_hash: genesis_hash.clone(),
+            head: authority.head().0.to_vec(),
+            disablement_secret: None,
+            support_disablement: (!req.support_disablement.is_empty())
+                .then(|| req.support_disablement.0.clone()),
+            updated_at: crate::convert::from_time(self.now()),
+        };
+        let ids: Vec<NodeId> = signatures.iter().map(|(id, _)| *id).collect();
+        {
+            let _w = self.inner.write.lock().await;
+            self.inner
+                .store
+                .tka_commit(TkaCommit {
+                    state: state.clone(),
+                    reset: true,
+                    aums: vec![record(&pending.genesis)],
+                    signatures,
+                })
+                .await?;
+            // A reset cleared every other node's signature too.
+            let all: Vec<NodeId> = self
+                .inner
+                .store
+                .list_nodes()
+                .await?
+                .into_iter()
+                .map(|n| n.id)
+                .collect();
+            self.refresh_nodes(&all).await?;
+        }
+        self.inner
+            .tka_runtime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pending = None;
+        tracing::info!(node = caller.id.0, head = %authority.head(), signed = ids.len(), "tailnet lock enabled");
+        self.set_tka_info(&state);
+        Ok(TkaInitFinishResponse {})
+    }
+
+    async fn tka_bootstrap(
+        &self,
+        peer: NoisePeer,
+        req: TkaBootstrapRequest,
+    ) -> Result<TkaBootstrapResponse, ApiError> {
+        self.tka_caller(&peer, &req.node_key).await?;
+        let Some(state) = self.inner.store.tka_state().await? else {
+            return Ok(TkaBootstrapResponse::default());
+        };
+        match state.mode {
+            TkaMode::Disabled => Ok(TkaBootstrapResponse {
+                genesis_aum: B64Bytes::default(),
+                disablement_secret: B64Bytes(state.disablement_secret.unwrap_or_default()),
+            }),
+            TkaMode::Enabled => {
+                let genesis = self
+                    .inner
+                    .store
+                    .tka_aums()
+                    .await?
+                    .into_iter()
+                    .find(|r| r.hash == state.genesis_hash)
+                    .ok_or_else(|| ApiError::Internal("genesis AUM is not stored".into()))?;
+                Ok(TkaBootstrapResponse {
+                    genesis_aum: B64Bytes(genesis.data),
+                    disablement_secret: B64Bytes::default(),
+                })
+            }
+        }
+    }
+
+    async fn tka_sync_offer(
+        &self,
+        peer: NoisePeer,
+        req: TkaSyncOfferRequest,
+    ) -> Result<TkaSyncOfferResponse, ApiError> {
+        let caller = self.tka_caller(&peer, &req.node_key).await?;
+        let remote = SyncOffer::from_text(&req.head, &req.ancestors)
+            .map_err(|e| ApiError::BadRequest(format!("sync offer: {e}")))?;
+        let l = self.load_tka().await?;
+        let ours = l.authority.sync_offer(&l.chonk).map_err(tka_err)?;
+        let missing = match l.authority.missing_aums(&l.chonk, &remote) {
+            Ok(aums) => aums.iter().map(|a| B64Bytes(a.serialize())).collect(),
+            Err(e) => {
+                // No intersection (or a chain the server cannot walk): the node learns our
+                // offer and may send what we lack.
+                tracing::debug!(node = caller.id.0, error = %e, "tka sync offer: nothing to send");
+                Vec::new()
+            }
+        };
+        let (head, ancestors) = ours.to_text();
+        Ok(TkaSyncOfferResponse {
+            head,
+            ancestors,
+            missing_aums: missing,
+        })
+    }
+
+    async fn tka_sync_send(
+        &self,
+        peer: NoisePeer,
+        req: TkaSyncSendRequest,
+    ) -> Result<TkaSyncSendResponse, ApiError> {
+        let caller = self.tka_caller(&peer, &req.node_key).await?;
+        let mut aums = Vec::with_capacity(req.missing_aums.len());
+        for (i, b) in req.missing_aums.iter().enumerate() {
+            aums.push(
+                Aum::decode(&b.0).map_err(|e| ApiError::BadRequest(format!("AUM {i}: {e}")))?,
+            );
+        }
+        let _t = self.inner.tka.lock().await;
+        let Loaded {
+            mut state,
+            mut chonk,
+            mut authority,
+        } = self.load_tka().await?;
+        let old_head = authority.head();
+        if aums.is_empty() {
+            return Ok(TkaSyncSendResponse {
+                head: old_head.to_text(),
+            });
+        }
+        let mut seen = BTreeSet::new();
+        let mut fresh = Vec::new();
+        for a in &aums {
+            let h = a.hash();
+            if seen.insert(h)
+                && chonk
+                    .aum(&h)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                    .is_none()
+            {
+                fresh.push(record(a));
+            }
+        }
+        authority.inform(&mut chonk, &aums).map_err(tka_err)?;
+        let new_head = authority.head();
+        if !fresh.is_empty() || new_head != old_head {
+            state.head = new_head.0.to_vec();
+            state.updated_at = crate::convert::from_time(self.now());
+            self.inner
+                .store
+                .tka_commit(TkaCommit {
+                    state: state.clone(),
+                    reset: false,
+                    aums: fresh,
+                    signatures: Vec::new(),
+                })
+                .await?;
+        }
+        tracing::info!(node = caller.id.0, received = aums.len(), head = %new_head, interactive = req.interactive, "tka sync send");
+        if new_head != old_head {
+            self.set_tka_info(&state);
+        }
+        Ok(TkaSyncSendResponse {
+            head: new_head.to_text(),
+        })
+    }
+
+    async fn tka_disable(
+        &self,
+        peer: NoisePeer,
+        req: TkaDisableRequest,
+    ) -> Result<TkaDisableResponse, ApiError> {
+        let caller = self.tka_caller(&peer, &req.node_key).await?;
+        let _t = self.inner.tka.lock().await;
+        let Loaded {
+            mut state,
+            authority,
+            ..
+        } = self.load_tka().await?;
+        let secret = req.disablement_secret.0.clone();
+        // Argon2i with 16 MiB: keep it off the async workers.
+        let valid = tokio::task::spawn_blocking(move || authority.valid_disablement(&secret))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        if !valid {
+            return Err(ApiError::Unauthorized("invalid disablement secret".into()));
+        }
+        state.mode = TkaMode::Disabled;
+        state.disablement_secret = Some(req.disablement_secret.0.clone());
+        state.updated_at = crate::convert::from_time(self.now());
+        self.inner
+            .store
+            .tka_commit(TkaCommit {
+                state: state.clone(),
+                reset: false,
+                aums: Vec::new(),
+                signatures: Vec::new(),
+            })
+            .await?;
+        tracing::info!(node = caller.id.0, "tailnet lock disabled");
+        self.set_tka_info(&state);
+        Ok(TkaDisableResponse {})
+    }
+
+    async fn tka_sign(
+        &self,
+        peer: NoisePeer,
+        req: TkaSubmitSignatureRequest,
+    ) -> Result<TkaSubmitSignatureResponse, ApiError> {
+        let caller = self.tka_caller(&peer, &req.node_key).await?;
+        let nks = NodeKeySignature::decode(&req.signature.0)
+            .map_err(|e| ApiError::BadRequest(format!("node-key signature: {e}")))?;
+        let node_key = weft_tka::sig::node_key_from_binary(&nks.pubkey)
+            .ok_or_else(|| ApiError::BadRequest("node-key signature carries no node key".into()))?;
+        let _t = self.inner.tka.lock().await;
+        let l = self.load_tka().await?;
+        let target = self
+            .inner
+            .store
+            .get_node_by_node_key(&node_key)
+            .await
+            .map_err(|e| {
+                if e.is_not_found() {
+                    ApiError::BadRequest(format!("no node has key {}", node_key.short()))
+                } else {
+                    e.into()
+                }
+            })?;
+        l.authority
+            .node_key_authorized(&node_key, &req.signature.0)
+            .map_err(|e| ApiError::BadRequest(format!("signature does not verify: {e}")))?;
+        {
+            let _w = self.inner.write.lock().await;
+            let n = self
+                .inner
+                .store
+                .set_node_key_signature(target.id, Some(req.signature.0.clone()))
+                .await?;
+            self.refresh_node(&n, None).await;
+        }
+        tracing::info!(
+            node = caller.id.0,
+            signed = target.id.0,
+            "node key signature stored"
+        );
+        Ok(TkaSubmitSignatureResponse {})
+    }
+
+    async fn tka_affected_sigs(
+        &self,
+        peer: NoisePeer,
+        req: TkaSignaturesUsingKeyRequest,
+    ) -> Result<TkaSignaturesUsingKeyResponse, ApiError> {
+        self.tka_caller(&peer, &req.node_key).await?;
+        let mut out = Vec::new();
+        for n in self.inner.store.list_nodes().await? {
+            let Some(sig) = n.key_signature else { continue };
+            let Ok(nks) = NodeKeySignature::decode(&sig) else {
+                continue;
+            };
+            if nks.authorizing_key_id().ok() == Some(req.key_id.0.as_slice()) {
+                out.push(B64Bytes(sig));
+            }
+        }
+        Ok(TkaSignaturesUsingKeyResponse { signatures: out })
+    }
+}
+
+async fn run<Req, Resp, F, Fut>(body: &[u8], f: F) -> Response
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    F: FnOnce(Req) -> Fut,
+    Fut: std::future::Future<Output = Result<Resp, ApiError>>,
+{
+    let req: Req = match parse_json(body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    match f(req).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub(crate) async fn init_begin(
+    State(c): State<Control>,
+    Extension(peer): Extension<NoisePeer>,
+    body: Bytes,
+) -> Response {
+    run(&body, |r| c.tka_init_begin(peer, r)).await
+}
+
+pub(crate) async fn init_finish(
+    State(c): State<Control>,
+    Extension(peer): Extension<NoisePeer>,
+    body: Bytes,
+) -> Response {
+    run(&body, |r| c.tka_init_finish(peer, r)).await
+}
+
+pub(crate) async fn bootstrap(
+    State(c): State<Control>,
+    Extension(peer): Extension<NoisePeer>,
+    body: Bytes,
+) -> Response {
+    run(&body, |r| c.tka_bootstrap(peer, r)).await
+}
+
+pub(crate) async fn sync_offer(
+    State(c): State<Control>,
+    Extension(peer): Extension<NoisePeer>,
+    body: Bytes,
+) -> Response {
+    run(&body, |r| c.tka_sync_offer(peer, r)).await
+}
+
+pub(crate) async fn sync_send(
+    State(c): State<Control>,
+    Extension(peer): Extension<NoisePeer>,
+    body: Bytes,
+) -> Response {
+    run(&body, |r| c.tka_sync_send(peer, r)).await
+}
+
+pub(crate) async fn disable(
+    State(c): State<Control>,
+    Extension(peer): Extension<NoisePeer>,
+    body: Bytes,
+) -> Response {
+    run(&body, |r| c.tka_disable(peer, r)).await
+}
+
+pub(crate) async fn sign(
+    State(c): State<Control>,
+    Extension(peer): Extension<NoisePeer>,
+    body: Bytes,
+) -> Response {
+    run(&body, |r| c.tka_sign(peer, r)).await
+}
+
+pub(crate) async fn affected_sigs(
+    State(c): State<Control>,
+    Extension(peer): Extension<NoisePeer>,
+    body: Bytes,
+) -> Response {
+    run(&body, |r| c.tka_affected_sigs(peer, r)).await
+}
