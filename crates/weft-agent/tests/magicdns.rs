@@ -3,149 +3,16 @@
 //! (100.100.100.100:53 and fd7a:115c:a1e0::53) comes back on alpha's TUN with bravo's
 //! address. No root, no TUN, nothing outside 127.0.0.1, no host DNS configuration.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
+use common::{start_node, tailnet, wait_status, Node, WAIT};
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
-use tokio::sync::mpsc;
-use weft_agent::daemon::{Daemon, DaemonConfig, TunMode};
-use weft_agent::engine::TunChannels;
-use weft_agent::localapi::{BackendState, LocalClient, Status, UpRequest};
-use weft_control::{Control, ControlConfig};
-use weft_derp::{DerpServer, ServerOptions};
-use weft_key::NodePrivate;
-use weft_store::{NewPreauthKey, NewUser, Store};
-use weft_tailcfg::{DerpMap, DerpNode, DerpRegion};
-
-const WAIT: Duration = Duration::from_secs(30);
+use weft_agent::localapi::BackendState;
 const QUAD100_V6: Ipv6Addr = Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0, 0x53);
-
-struct Node {
-    _daemon: Daemon,
-    client: LocalClient,
-    to_tun: mpsc::Sender<Vec<u8>>,
-    from_peers: mpsc::Receiver<Vec<u8>>,
-    _dir: tempfile::TempDir,
-}
-
-async fn start_node(url: &str, key: &str, name: &str) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let (to_tun, from_tun) = mpsc::channel(64);
-    let (to_peers_tx, from_peers) = mpsc::channel(64);
-    let socket = dir.path().join("weftd.sock");
-    let daemon = Daemon::start(DaemonConfig {
-        state_dir: dir.path().join("state"),
-        socket: socket.clone(),
-        tun: TunMode::Channels(TunChannels {
-            from_tun,
-            to_tun: to_peers_tx,
-        }),
-        bind: "127.0.0.1:0".parse().unwrap(),
-        local_ips: vec![],
-    })
-    .await
-    .unwrap();
-    let client = LocalClient::new(&socket);
-    client
-        .up(&UpRequest {
-            login_server: url.into(),
-            auth_key: key.into(),
-            hostname: name.into(),
-            ..UpRequest::default()
-        })
-        .await
-        .unwrap();
-    Node {
-        _daemon: daemon,
-        client,
-        to_tun,
-        from_peers,
-        _dir: dir,
-    }
-}
-
-async fn wait_status(c: &LocalClient, what: &str, pred: impl Fn(&Status) -> bool) -> Status {
-    tokio::time::timeout(WAIT, async {
-        let mut v = None;
-        loop {
-            let s = c
-                .status(v.map(|v| (v, Duration::from_secs(5))))
-                .await
-                .unwrap();
-            if pred(&s) {
-                return s;
-            }
-            v = Some(s.version);
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-/// `weft-control` with an embedded DERP relay (plain HTTP) and a STUN server on 127.0.0.1,
-/// MagicDNS suffix `tailnet.test`, and a reusable pre-auth key. Returns (control, url, key).
-async fn tailnet() -> (Control, String, String, tempfile::TempDir) {
-    std::env::set_var("WEFT_DERP_HTTP", "1");
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = weft_store::open(&weft_store::sqlite_url_for_dir(dir.path()))
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ctl_addr: SocketAddr = listener.local_addr().unwrap();
-    let url = format!("http://{ctl_addr}");
-    let stun = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let stun_port = stun.local_addr().unwrap().port();
-    weft_derp::stun::serve(stun);
-    let mut derp_map = DerpMap::default();
-    derp_map.regions.insert(
-        900,
-        DerpRegion {
-            region_id: 900,
-            region_code: "test".into(),
-            region_name: "Loopback test".into(),
-            nodes: vec![DerpNode {
-                name: "900a".into(),
-                region_id: 900,
-                host_name: "127.0.0.1".into(),
-                ipv4: "127.0.0.1".into(),
-                stun_port: i32::from(stun_port),
-                derp_port: i32::from(ctl_addr.port()),
-                insecure_for_tests: true,
-                ..DerpNode::default()
-            }],
-            ..DerpRegion::default()
-        },
-    );
-    let mut cfg = ControlConfig::new(&url);
-    cfg.derp_map = derp_map;
-    cfg.base_domain = "tailnet.test".into();
-    let control = Control::new(cfg, store.clone()).await.unwrap();
-    let derp = DerpServer::new(NodePrivate::generate(), ServerOptions::default());
-    let app = control.public_router(Some(derp.router()));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let user = store
-        .create_user(NewUser {
-            name: "alice".into(),
-            ..NewUser::default()
-        })
-        .await
-        .unwrap();
-    let (_, key) = store
-        .create_preauth_key(NewPreauthKey {
-            user_id: user.id,
-            reusable: true,
-            ..NewPreauthKey::default()
-        })
-        .await
-        .unwrap();
-    (control, url, key, dir)
-}
 
 fn sum_words(mut sum: u32, b: &[u8]) -> u32 {
     for ch in b.chunks(2) {
@@ -254,9 +121,9 @@ fn addrs(m: &Message) -> Vec<IpAddr> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quad100_answers_tailnet_names_from_the_netmap() {
-    let (_control, url, key, _dir) = tailnet().await;
-    let mut a = start_node(&url, &key, "alpha").await;
-    let b = start_node(&url, &key, "bravo").await;
+    let t = tailnet().await;
+    let mut a = start_node(&t.url, &t.key, "alpha").await;
+    let b = start_node(&t.url, &t.key, "bravo").await;
     let sa = wait_status(&a.client, "alpha to see bravo", |s| {
         s.backend_state == BackendState::Running && s.peer.values().any(|p| p.host_name == "bravo")
     })
@@ -306,7 +173,7 @@ async fn quad100_answers_tailnet_names_from_the_netmap() {
     }
 
     // A peer that joins later is answered after the netmap update.
-    let c = start_node(&url, &key, "charlie").await;
+    let c = start_node(&t.url, &t.key, "charlie").await;
     let sc = wait_status(&c.client, "charlie running", |s| {
         s.backend_state == BackendState::Running
     })
