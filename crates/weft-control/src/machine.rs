@@ -63,8 +63,20 @@ async fn register_handler(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    match register::handle(&c, peer, req).await {
-        Ok(resp) => Json(resp).into_response(),
+    match c.tka_rotation_gate(&peer, &req).await {
+        Ok(Some(resp)) => return Json(resp).into_response(),
+        Ok(None) => {}
+        Err(e) => return e.into_response(),
+    }
+    match register::handle(&c, peer, req.clone()).await {
+        Ok(resp) => {
+            if resp.error.is_empty() && resp.auth_url.is_empty() {
+                if let Err(e) = c.tka_after_register(&req).await {
+                    tracing::warn!(error = %e, "tailnet lock: storing the registration signature failed");
+                }
+            }
+            Json(resp).into_response()
+        }
         Err(e) => e.into_response(),
     }
 }

@@ -21,9 +21,9 @@ use serde::Serialize;
 use weft_key::NodePublic;
 use weft_store::{NodeId, TkaAumRecord, TkaCommit, TkaMode, TkaState};
 use weft_tailcfg::{
-    B64Bytes, TkaBootstrapRequest, TkaBootstrapResponse, TkaDisableRequest, TkaDisableResponse,
-    TkaInfo, TkaInitBeginRequest, TkaInitBeginResponse, TkaInitFinishRequest,
-    TkaInitFinishResponse, TkaSignInfo, TkaSignaturesUsingKeyRequest,
+    B64Bytes, RegisterRequest, RegisterResponse, TkaBootstrapRequest, TkaBootstrapResponse,
+    TkaDisableRequest, TkaDisableResponse, TkaInfo, TkaInitBeginRequest, TkaInitBeginResponse,
+    TkaInitFinishRequest, TkaInitFinishResponse, TkaSignInfo, TkaSignaturesUsingKeyRequest,
     TkaSignaturesUsingKeyResponse, TkaSubmitSignatureRequest, TkaSubmitSignatureResponse,
     TkaSyncOfferRequest, TkaSyncOfferResponse, TkaSyncSendRequest, TkaSyncSendResponse,
 };
@@ -529,6 +529,132 @@ impl Control {
             }
         }
         Ok(TkaSignaturesUsingKeyResponse { signatures: out })
+    }
+}
+
+fn b64_decode(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
+}
+
+fn b64_encode(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+impl Control {
+    /// Whether the lock is enabled (per the store, not the cache).
+    async fn tka_enabled(&self) -> Result<bool, ApiError> {
+        Ok(self
+            .inner
+            .store
+            .tka_state()
+            .await?
+            .is_some_and(|s| s.mode == TkaMode::Enabled))
+    }
+
+    /// Node-key rotation under the lock (notes A.11), first half: a node re-registering with
+    /// `OldNodeKey` but no `NodeKeySignature`, whose old signature it could extend (its
+    /// wrapping key is the node's `NLKey`), is answered only with that old signature, so the
+    /// client re-signs its new key and retries. `None`: register normally.
+    pub(crate) async fn tka_rotation_gate(
+        &self,
+        peer: &NoisePeer,
+        req: &RegisterRequest,
+    ) -> Result<Option<RegisterResponse>, ApiError> {
+        if req.old_node_key.is_zero()
+            || req.old_node_key == req.node_key
+            || req
+                .node_key_signature
+                .as_deref()
+                .is_some_and(|s| !s.is_empty())
+        {
+            return Ok(None);
+        }
+        let Some(nl) = req.nl_key.filter(|k| !k.is_zero()) else {
+            return Ok(None);
+        };
+        if !self.tka_enabled().await? {
+            return Ok(None);
+        }
+        let old = match self
+            .inner
+            .store
+            .get_node_by_node_key(&req.old_node_key)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if old.machine_key != peer.machine {
+            return Ok(None);
+        }
+        let Some(sig) = old.key_signature else {
+            return Ok(None);
+        };
+        let Ok(nks) = NodeKeySignature::decode(&sig) else {
+            return Ok(None);
+        };
+        if nks.wrapping_public() != Some(nl.as_bytes().as_slice()) {
+            return Ok(None);
+        }
+        tracing::info!(
+            node = old.id.0,
+            "tailnet lock: asking the node to re-sign its rotated key"
+        );
+        Ok(Some(RegisterResponse {
+            node_key_signature: Some(b64_encode(&sig)),
+            ..RegisterResponse::default()
+        }))
+    }
+
+    /// Second half: after a registration succeeded, stores the request's `NodeKeySignature`
+    /// on the node if the node's stored signature does not cover its current key and the
+    /// submitted one verifies against the authority. A signature that does not verify is
+    /// ignored (the node stays locked out; clients drop it).
+    pub(crate) async fn tka_after_register(&self, req: &RegisterRequest) -> Result<(), ApiError> {
+        let Some(sig) = req
+            .node_key_signature
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .and_then(b64_decode)
+        else {
+            return Ok(());
+        };
+        let _t = self.inner.tka.lock().await;
+        if !self.tka_enabled().await? {
+            return Ok(());
+        }
+        let n = match self.inner.store.get_node_by_node_key(&req.node_key).await {
+            Ok(n) => n,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let l = self.load_tka().await?;
+        let current_ok = n
+            .key_signature
+            .as_deref()
+            .is_some_and(|s| l.authority.node_key_authorized(&n.node_key, s).is_ok());
+        if current_ok && n.key_signature.as_deref() == Some(sig.as_slice()) {
+            return Ok(());
+        }
+        if let Err(e) = l.authority.node_key_authorized(&n.node_key, &sig) {
+            tracing::warn!(node = n.id.0, error = %e, "tailnet lock: registration signature does not verify; ignored");
+            return Ok(());
+        }
+        let _w = self.inner.write.lock().await;
+        let n = self
+            .inner
+            .store
+            .set_node_key_signature(n.id, Some(sig))
+            .await?;
+        self.refresh_node(&n, None).await;
+        tracing::info!(
+            node = n.id.0,
+            "tailnet lock: stored the signature sent at registration"
+        );
+        Ok(())
     }
 }
 

@@ -455,3 +455,102 @@ async fn tailnet_lock_init_sync_sign_and_disable() {
     .unwrap_err();
     assert_eq!(e.0, 400, "{e:?}");
 }
+
+/// Key rotation under the lock (notes A.11): the first re-registration is answered only with
+/// the old signature; the retry carrying a Rotation signature completes and is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_key_rotation_is_re_signed_by_the_node() {
+    let ts = start().await;
+    let (nl_a, nl_b) = (NlPrivate::generate(), NlPrivate::generate());
+    let mut a = join_with_nl(&ts, "a", &nl_a).await;
+    let b = join_with_nl(&ts, "b", &nl_b).await;
+    let ka = SigningKey::from_nl(&nl_a);
+    let state = State {
+        disablement_values: Some(vec![disablement_kdf(&[7u8; 32]).to_vec()]),
+        keys: Some(vec![Key::ed25519(ka.public(), 1)]),
+        state_id1: 1,
+        state_id2: 2,
+        ..Default::default()
+    };
+    let (_, genesis) = Authority::create(&mut MemChonk::new(), state, &ka).unwrap();
+    let _: TkaInitBeginResponse = call(
+        &a,
+        "/machine/tka/init/begin",
+        &TkaInitBeginRequest {
+            version: CAPVER.into(),
+            node_key: a.node.public(),
+            genesis_aum: B64Bytes(genesis.serialize()),
+        },
+    )
+    .await
+    .unwrap();
+    let na = ts.node(&a.node.public()).await;
+    let nb = ts.node(&b.node.public()).await;
+    let sig_a = direct(&a, &ka, &nl_a);
+    let mut finish = TkaInitFinishRequest {
+        version: CAPVER.into(),
+        node_key: a.node.public(),
+        ..Default::default()
+    };
+    finish.signatures.insert(na.id.0, B64Bytes(sig_a.clone()));
+    finish
+        .signatures
+        .insert(nb.id.0, B64Bytes(direct(&b, &ka, &nl_b)));
+    let _: serde_json::Value = call(&a, "/machine/tka/init/finish", &finish).await.unwrap();
+    let mut sb = b.open_stream().await;
+    sb.next_matching(|m| m.tka_info.is_some()).await;
+
+    let key = ts.key("alice", |k| k.reusable = true).await;
+    let old_key = a.node.public();
+    let new_node = weft_key::NodePrivate::generate();
+
+    let mut req = a.register_request(Some(&key));
+    req.old_node_key = old_key;
+    req.node_key = weft_key::NodePrivate::generate().public();
+    req.nl_key = Some(NlPrivate::generate().public());
+    let mut first = req.clone();
+    first.node_key = new_node.public();
+    first.nl_key = Some(nl_a.public());
+    let r = a.register(&first).await;
+    assert_eq!(r.error, "");
+    assert_eq!(
+        r.node_key_signature.as_deref(),
+        Some(b64(&sig_a).as_str()),
+        "the first attempt gets the old signature back"
+    );
+    assert_eq!(
+        ts.node(&old_key).await.id,
+        na.id,
+        "the key did not rotate yet"
+    );
+
+    // The retry, re-signed by the node's own tailnet-lock key.
+    let rotated =
+        weft_tka::sig::resign_nks(&SigningKey::from_nl(&nl_a), &new_node.public(), &sig_a).unwrap();
+    let mut retry = first.clone();
+    retry.node_key_signature = Some(b64(&rotated));
+    let r = a.register(&retry).await;
+    assert_eq!(r.error, "");
+    assert_eq!(r.node_key_signature, None, "asking again would loop");
+    let n = ts.node(&new_node.public()).await;
+    assert_eq!(n.id, na.id);
+    assert_eq!(n.key_signature, Some(rotated.clone()));
+    let want = b64(&rotated);
+    let nk = new_node.public();
+    sb.next_matching(move |m| {
+        m.peers
+            .iter()
+            .chain(m.peers_changed.iter())
+            .any(|p| p.key == nk && p.key_signature.as_deref() == Some(want.as_str()))
+    })
+    .await;
+    a.node = new_node;
+
+    // A request whose NLKey is not the signature's wrapping key cannot extend it: no
+    // rotation offer, the registration goes through normally (and the node is unsigned).
+    req.old_node_key = a.node.public();
+    let r = a.register(&req).await;
+    assert_eq!(r.error, "");
+    assert_eq!(r.node_key_signature, None);
+    assert_eq!(ts.node(&req.node_key).await.id, na.id);
+}
