@@ -252,6 +252,7 @@ pub fn router(c: Control) -> Router {
         .route("/api/v1/policy", get(get_policy).post(set_policy))
         .route("/api/v1/policy/check", post(check_policy))
         .route("/api/v1/policy/history", get(policy_history))
+        .route("/api/v1/tka", get(crate::tka::admin_status))
         .route(
             "/api/v1/health",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),

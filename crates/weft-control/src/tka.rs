@@ -658,6 +658,75 @@ impl Control {
     }
 }
 
+/// `GET /api/v1/tka` (admin API): the lock's state, trusted keys, and every node's
+/// signature status, with the `nodekey:` and `tlpub:` an admin needs to run
+/// `tailscale lock sign nodekey:X tlpub:Y` for a locked-out node.
+pub(crate) async fn admin_status(State(c): State<Control>) -> Response {
+    match c.tka_admin_status().await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn tlpub(b: &[u8]) -> String {
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("tlpub:{hex}")
+}
+
+impl Control {
+    async fn tka_admin_status(&self) -> Result<serde_json::Value, ApiError> {
+        let state = self.inner.store.tka_state().await?;
+        let Some(st) = state else {
+            return Ok(serde_json::json!({ "enabled": false, "disabled": false }));
+        };
+        let nodes = self.inner.store.list_nodes().await?;
+        if st.mode == TkaMode::Disabled {
+            return Ok(serde_json::json!({ "enabled": false, "disabled": true }));
+        }
+        let l = self.load_tka().await?;
+        let (id1, id2) = l.authority.state_ids();
+        let keys: Vec<serde_json::Value> = l
+            .authority
+            .keys()
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "key": tlpub(k.public.as_deref().unwrap_or_default()),
+                    "votes": k.votes,
+                    "meta": k.meta,
+                })
+            })
+            .collect();
+        let nodes: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| {
+                let valid = n
+                    .key_signature
+                    .as_deref()
+                    .is_some_and(|s| l.authority.node_key_authorized(&n.node_key, s).is_ok());
+                serde_json::json!({
+                    "id": n.id.0,
+                    "name": n.given_name,
+                    "node_key": n.node_key.to_text(),
+                    "tlpub": if n.nl_key.is_zero() { String::new() } else { tlpub(n.nl_key.as_bytes()) },
+                    "signed": n.key_signature.is_some(),
+                    "locked_out": !valid,
+                })
+            })
+            .collect();
+        Ok(serde_json::json!({
+            "enabled": true,
+            "disabled": false,
+            "head": l.authority.head().to_text(),
+            "genesis": AumHash::from_slice(&st.genesis_hash).map(|h| h.to_text()),
+            "aums": l.chonk.len(),
+            "state_id": format!("{id1}:{id2}"),
+            "keys": keys,
+            "nodes": nodes,
+        }))
+    }
+}
+
 async fn run<Req, Resp, F, Fut>(body: &[u8], f: F) -> Response
 where
     Req: DeserializeOwned,

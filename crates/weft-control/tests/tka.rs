@@ -409,6 +409,16 @@ async fn tailnet_lock_init_sync_sign_and_disable() {
     want.sort();
     assert_eq!(got, want);
 
+    // The admin view: trusted keys and who is signed.
+    let (status, v) = ts.admin_json("/api/v1/tka", None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["enabled"], true);
+    assert_eq!(v["head"], head1.as_str());
+    assert_eq!(v["keys"].as_array().unwrap().len(), 2);
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    assert!(nodes.iter().all(|n| n["locked_out"] == false), "{v}");
+
     // The state survives a restart of the server.
     let again = weft_control::Control::new(ts.control.config().clone(), ts.store.clone())
         .await
@@ -446,6 +456,8 @@ async fn tailnet_lock_init_sync_sign_and_disable() {
     assert!(boot.genesis_aum.is_empty());
     assert_eq!(boot.disablement_secret.0, secret.to_vec());
     assert!(auth_b.valid_disablement(&boot.disablement_secret.0));
+    let (_, v) = ts.admin_json("/api/v1/tka", None).await;
+    assert_eq!(v["disabled"], true);
     let e = call::<_, TkaSyncOfferResponse>(
         &b,
         "/machine/tka/sync/offer",
@@ -553,4 +565,16 @@ async fn node_key_rotation_is_re_signed_by_the_node() {
     assert_eq!(r.error, "");
     assert_eq!(r.node_key_signature, None);
     assert_eq!(ts.node(&req.node_key).await.id, na.id);
+    // Its stored signature no longer covers its key: the admin view shows it locked out.
+    let (_, v) = ts.admin_json("/api/v1/tka", None).await;
+    let row = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == na.id.0)
+        .unwrap()
+        .clone();
+    assert_eq!(row["locked_out"], true, "{v}");
+    assert_eq!(row["node_key"], req.node_key.to_text().as_str());
+    assert!(row["tlpub"].as_str().unwrap().starts_with("tlpub:"));
 }
