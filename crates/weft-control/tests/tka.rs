@@ -458,6 +458,18 @@ async fn tailnet_lock_init_sync_sign_and_disable() {
     assert!(auth_b.valid_disablement(&boot.disablement_secret.0));
     let (_, v) = ts.admin_json("/api/v1/tka", None).await;
     assert_eq!(v["disabled"], true);
+    // After a disable the lock can be started again with a new genesis.
+    let state2 = State {
+        state_id1: 33,
+        state_id2: 44,
+        ..state.clone()
+    };
+    let (_, genesis2) = Authority::create(&mut MemChonk::new(), state2, &ka).unwrap();
+    let need: TkaInitBeginResponse =
+        call(&a, "/machine/tka/init/begin", &begin(genesis2.serialize()))
+            .await
+            .unwrap();
+    assert_eq!(need.need_signatures.len(), 3);
     let e = call::<_, TkaSyncOfferResponse>(
         &b,
         "/machine/tka/sync/offer",
