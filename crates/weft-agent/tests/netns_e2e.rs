@@ -10,35 +10,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use weft_e2e::{
-    spawn_weft_logging, wait_for, Error, Harness, Mapping, NatRouter, Netns, Proc, Result, Segment,
-    TsnetConfig, TsnetNode, WeftServer,
+    wait_for, Error, Harness, Mapping, NatRouter, Netns, Proc, Result, Segment, TsnetConfig,
+    TsnetNode, WeftNode as Node, WeftServer,
 };
 
 const SERVER: [u8; 4] = [198, 18, 0, 2];
 const WAIT: Duration = Duration::from_secs(60);
-
-struct Node {
-    tag: String,
-    ns: Netns,
-    socket: String,
-    daemon: Proc,
-}
-
-impl Node {
-    fn weft(&self, args: &[&str]) -> Result<String> {
-        let bin = weft_e2e::weft_binary().display().to_string();
-        let mut all = vec![bin.as_str(), "--socket", &self.socket];
-        all.extend_from_slice(args);
-        self.ns.run(&all)
-    }
-
-    fn ipv4(&self) -> Result<Ipv4Addr> {
-        let out = self.weft(&["ip", "-4"])?;
-        out.trim()
-            .parse()
-            .map_err(|e| Error::Check(format!("`weft ip -4` printed {out:?}: {e}")))
-    }
-}
 
 struct Net {
     public: Segment,
@@ -122,31 +99,7 @@ fn start_node(
     let ns = Netns::new(tag)?;
     router.lan().attach(&ns, "eth0", addr)?;
     ns.ip(&["link", "set", "lo", "up"])?;
-    let dir = h.subdir(&format!("{tag}-state"))?;
-    let socket = dir.join("weftd.sock").display().to_string();
-    let args: Vec<String> = [
-        "--socket",
-        &socket,
-        "daemon",
-        "--state-dir",
-        &dir.join("state").display().to_string(),
-        "--tun",
-        "weft0",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    let daemon = spawn_weft_logging(h, &ns, &format!("weftd-{tag}"), &args, extra_log)?;
-    let node = Node {
-        tag: tag.to_owned(),
-        ns,
-        socket,
-        daemon,
-    };
-    wait_for("the daemon's LocalAPI", WAIT, || {
-        node.weft(&["status", "--json"]).map_err(|e| e.to_string())
-    })?;
-    Ok(node)
+    Node::start(h, ns, tag, extra_log)
 }
 
 #[test]

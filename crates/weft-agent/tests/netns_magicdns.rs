@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-use weft_e2e::{spawn_weft, wait_for, Error, Harness, Netns, Proc, Result, Segment, WeftServer};
+use weft_e2e::{wait_for, Error, Harness, Netns, Result, Segment, WeftNode as Node, WeftServer};
 
 const SERVER: [u8; 4] = [198, 18, 1, 2];
 const WAIT: Duration = Duration::from_secs(60);
@@ -35,54 +35,11 @@ if an:
 print(out)
 "#;
 
-struct Node {
-    ns: Netns,
-    socket: String,
-    _daemon: Proc,
-}
-
-impl Node {
-    fn weft(&self, args: &[&str]) -> Result<String> {
-        let bin = weft_e2e::weft_binary().display().to_string();
-        let mut all = vec![bin.as_str(), "--socket", &self.socket];
-        all.extend_from_slice(args);
-        self.ns.run(&all)
-    }
-
-    fn status(&self) -> Result<serde_json::Value> {
-        let j = self.weft(&["status", "--json"])?;
-        serde_json::from_str(&j).map_err(|e| Error::Check(format!("status --json: {e}: {j}")))
-    }
-}
-
 fn start_node(h: &Harness, seg: &Segment, tag: &str, addr: Ipv4Addr) -> Result<Node> {
     let ns = Netns::new(tag)?;
     seg.lan().attach(&ns, "eth0", addr)?;
     ns.ip(&["link", "set", "lo", "up"])?;
-    let dir = h.subdir(&format!("{tag}-state"))?;
-    let socket = dir.join("weftd.sock").display().to_string();
-    let args: Vec<String> = [
-        "--socket",
-        &socket,
-        "daemon",
-        "--state-dir",
-        &dir.join("state").display().to_string(),
-        "--tun",
-        "weft0",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    let daemon = spawn_weft(h, &ns, &format!("weftd-{tag}"), &args)?;
-    let node = Node {
-        ns,
-        socket,
-        _daemon: daemon,
-    };
-    wait_for("the daemon's LocalAPI", WAIT, || {
-        node.weft(&["status", "--json"]).map_err(|e| e.to_string())
-    })?;
-    Ok(node)
+    Node::start(h, ns, tag, "")
 }
 
 fn dig(ns: &Netns, python: &Path, name: &str) -> Result<String> {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weft_e2e::{
-    spawn_weft, wait_for, Error, Harness, Mapping, NatRouter, Netns, Proc, Result, Segment,
+    wait_for, Error, Harness, Mapping, NatRouter, Netns, Result, Segment, WeftNode as Node,
     WeftServer,
 };
 
@@ -23,54 +23,15 @@ const SUBNET: &str = "10.77.0.0/24";
 const PORT: u16 = 8000;
 const WAIT: Duration = Duration::from_secs(60);
 
-struct Node {
-    ns: Netns,
-    socket: String,
-    daemon: Proc,
-}
-
-impl Node {
-    fn weft(&self, args: &[&str]) -> Result<String> {
-        let bin = weft_e2e::weft_binary().display().to_string();
-        let mut all = vec![bin.as_str(), "--socket", &self.socket];
-        all.extend_from_slice(args);
-        self.ns.run(&all)
-    }
-
-    fn status(&self) -> Result<Value> {
-        let j = self.weft(&["status", "--json"])?;
-        serde_json::from_str(&j).map_err(|e| Error::Check(format!("status --json: {e}: {j}")))
-    }
-
-    /// `ip route show PREFIX` in the node's namespace.
-    fn route(&self, prefix: &str) -> Result<String> {
-        self.ns
-            .ip(&["route", "show", prefix])
-            .map(|s| s.trim().to_owned())
-    }
+/// `ip route show PREFIX` in the node's namespace.
+fn route(node: &Node, prefix: &str) -> Result<String> {
+    node.ns
+        .ip(&["route", "show", prefix])
+        .map(|s| s.trim().to_owned())
 }
 
 fn start_node(h: &Harness, ns: Netns, tag: &str) -> Result<Node> {
-    let dir = h.subdir(&format!("{tag}-state"))?;
-    let socket = dir.join("weftd.sock").display().to_string();
-    let args: Vec<String> = [
-        "--socket",
-        &socket,
-        "daemon",
-        "--state-dir",
-        &dir.join("state").display().to_string(),
-        "--tun",
-        "weft0",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    let daemon = spawn_weft(h, &ns, &format!("weftd-{tag}"), &args)?;
-    let node = Node { ns, socket, daemon };
-    wait_for("the daemon's LocalAPI", WAIT, || {
-        node.weft(&["status", "--json"]).map_err(|e| e.to_string())
-    })?;
-    Ok(node)
+    Node::start(h, ns, tag, "")
 }
 
 /// Accepts TCP connections on `IP PORT`, logs `accepted PEER` for each and echoes one read.
@@ -280,7 +241,7 @@ fn subnet(h: &Harness) -> Result<()> {
     ensure(!before.starts_with("ok"), || {
         format!("a reached h before the route was approved: {before}")
     })?;
-    ensure(a.route(SUBNET)?.is_empty(), || {
+    ensure(route(&a, SUBNET)?.is_empty(), || {
         format!("a routes {SUBNET} before approval")
     })?;
     let rp = peer(&a, "r")?;
@@ -299,7 +260,7 @@ fn subnet(h: &Harness) -> Result<()> {
         SUBNET,
     ])?;
     wait_for("a to route the subnet into weft0", WAIT, || {
-        let route = a.route(SUBNET).map_err(|e| e.to_string())?;
+        let route = route(&a, SUBNET).map_err(|e| e.to_string())?;
         if route.contains("dev weft0") {
             Ok(())
         } else {
@@ -343,7 +304,7 @@ fn subnet(h: &Harness) -> Result<()> {
 
     // --accept-routes=false takes the route away (no re-login); turning it on brings it back.
     a.weft(&["up", "--accept-routes=false", "--timeout", "30"])?;
-    ensure(a.route(SUBNET)?.is_empty(), || {
+    ensure(route(&a, SUBNET)?.is_empty(), || {
         format!("a still routes {SUBNET} after --accept-routes=false")
     })?;
     let off = connect(&a.ns, &python, H.into(), PORT)?;
@@ -415,7 +376,7 @@ fn subnet(h: &Harness) -> Result<()> {
         "`table ip weft` still on r after --advertise-routes=".into()
     })?;
     wait_for("a to drop the route r no longer serves", WAIT, || {
-        let route = a.route(SUBNET).map_err(|e| e.to_string())?;
+        let route = route(&a, SUBNET).map_err(|e| e.to_string())?;
         if route.is_empty() {
             Ok(())
         } else {

@@ -9,6 +9,7 @@
 //!
 //! Waiting is always [`wait_for`] (poll with a deadline), never a fixed sleep.
 
+mod agent;
 mod cmd;
 mod env;
 mod error;
@@ -19,6 +20,7 @@ mod process;
 mod tsnet;
 mod weft;
 
+pub use agent::WeftNode;
 pub use cmd::{describe, run, run_args, run_with_input};
 pub use env::{
     caddy_binary, check_environment, find_in_path, weft_binary, workspace_root,
