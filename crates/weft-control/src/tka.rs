@@ -744,66 +744,27 @@ where
     }
 }
 
-pub(crate) async fn init_begin(
-    State(c): State<Control>,
-    Extension(peer): Extension<NoisePeer>,
-    body: Bytes,
-) -> Response {
-    run(&body, |r| c.tka_init_begin(peer, r)).await
+/// The axum handlers of the `/machine/tka/*` routes: each decodes the JSON body, runs the
+/// `Control` method with the caller's Noise identity and encodes the answer.
+macro_rules! tka_handlers {
+    ($($name:ident => $method:ident),* $(,)?) => {$(
+        pub(crate) async fn $name(
+            State(c): State<Control>,
+            Extension(peer): Extension<NoisePeer>,
+            body: Bytes,
+        ) -> Response {
+            run(&body, |r| c.$method(peer, r)).await
+        }
+    )*};
 }
 
-pub(crate) async fn init_finish(
-    State(c): State<Control>,
-    Extension(peer): Extension<NoisePeer>,
-    body: Bytes,
-) -> Response {
-    run(&body, |r| c.tka_init_finish(peer, r)).await
-}
-
-pub(crate) async fn bootstrap(
-    State(c): State<Control>,
-    Extension(peer): Extension<NoisePeer>,
-    body: Bytes,
-) -> Response {
-    run(&body, |r| c.tka_bootstrap(peer, r)).await
-}
-
-pub(crate) async fn sync_offer(
-    State(c): State<Control>,
-    Extension(peer): Extension<NoisePeer>,
-    body: Bytes,
-) -> Response {
-    run(&body, |r| c.tka_sync_offer(peer, r)).await
-}
-
-pub(crate) async fn sync_send(
-    State(c): State<Control>,
-    Extension(peer): Extension<NoisePeer>,
-    body: Bytes,
-) -> Response {
-    run(&body, |r| c.tka_sync_send(peer, r)).await
-}
-
-pub(crate) async fn disable(
-    State(c): State<Control>,
-    Extension(peer): Extension<NoisePeer>,
-    body: Bytes,
-) -> Response {
-    run(&body, |r| c.tka_disable(peer, r)).await
-}
-
-pub(crate) async fn sign(
-    State(c): State<Control>,
-    Extension(peer): Extension<NoisePeer>,
-    body: Bytes,
-) -> Response {
-    run(&body, |r| c.tka_sign(peer, r)).await
-}
-
-pub(crate) async fn affected_sigs(
-    State(c): State<Control>,
-    Extension(peer): Extension<NoisePeer>,
-    body: Bytes,
-) -> Response {
-    run(&body, |r| c.tka_affected_sigs(peer, r)).await
+tka_handlers! {
+    init_begin => tka_init_begin,
+    init_finish => tka_init_finish,
+    bootstrap => tka_bootstrap,
+    sync_offer => tka_sync_offer,
+    sync_send => tka_sync_send,
+    disable => tka_disable,
+    sign => tka_sign,
+    affected_sigs => tka_affected_sigs,
 }
