@@ -15,8 +15,8 @@ use weft_tailcfg::Node;
 use crate::control::{self, ControlEvent, ControlParams, LiteInputs};
 use crate::engine::{EngineCmd, EngineStatus};
 use crate::localapi::{
-    ApiCommand, BackendState, NetcheckReport, PeerStatus, PingRequest, PingResult, RouteStatus,
-    Status, UpRequest,
+    ApiCommand, BackendState, LockStatus, NetcheckReport, PeerStatus, PingRequest, PingResult,
+    RouteStatus, Status, UpRequest,
 };
 use crate::routes::{self, Router};
 use crate::state::{AgentState, StateStore};
@@ -617,8 +617,34 @@ impl Backend {
                     .map(|r| r.installed().iter().copied().collect())
                     .unwrap_or_default(),
             },
+            tailnet_lock: LockStatus {
+                // The CLI form Tailscale prints (`tlpub:`), not the wire form (`nlpub:`).
+                nl_public: self
+                    .state
+                    .nl
+                    .public()
+                    .to_text()
+                    .replacen("nlpub:", "tlpub:", 1),
+                node_key: self
+                    .state
+                    .node
+                    .as_ref()
+                    .map(|k| k.public().to_text())
+                    .unwrap_or_default(),
+                ..LockStatus::default()
+            },
             ..Status::default()
         };
+        if let Some(tka) = self.netmap.as_ref().and_then(|nm| nm.tka.as_ref()) {
+            let nm = self.netmap.as_ref().expect("checked");
+            next.tailnet_lock.enabled = !tka.disabled;
+            next.tailnet_lock.head = tka.head.clone();
+            next.tailnet_lock.node_key_signed = nm
+                .self_node
+                .key_signature
+                .as_ref()
+                .is_some_and(|s| !s.is_empty());
+        }
         if let Some(nm) = &self.netmap {
             if next.backend_state != BackendState::NeedsLogin || self.logged_in {
                 let codes = self.region_codes();

@@ -41,6 +41,21 @@ pub enum AgentCommand {
     Ip(IpArgs),
     /// Log out and expire this node's key.
     Logout,
+    /// Tailnet lock: whether it is enabled and this node's signing state.
+    #[command(subcommand)]
+    Lock(LockCommand),
+}
+
+/// `weft lock` subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum LockCommand {
+    /// Whether tailnet lock is enabled, its head, this node's tailnet-lock key and whether
+    /// this node's key is signed.
+    Status {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `weft daemon`.
@@ -181,7 +196,40 @@ pub async fn run(cmd: AgentCommand, socket: &Path) -> anyhow::Result<()> {
             c.logout().await?;
             Ok(())
         }
+        AgentCommand::Lock(LockCommand::Status { json }) => {
+            let s = c.status(None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s.tailnet_lock)?);
+            } else {
+                print!("{}", format_lock_status(&s.tailnet_lock));
+            }
+            Ok(())
+        }
     }
+}
+
+/// `weft lock status` text, in the words of `tailscale lock status`.
+pub fn format_lock_status(l: &crate::localapi::LockStatus) -> String {
+    let mut out = String::new();
+    if l.enabled {
+        out.push_str("Tailnet lock is ENABLED.\n\n");
+        if l.node_key_signed {
+            out.push_str("This node is accessible under tailnet lock.\n\n");
+        } else {
+            out.push_str(
+                "This node is LOCKED OUT by tailnet-lock, and action is required to establish \
+                 connectivity.\nRun the following command on a node with a trusted key:\n\t\
+                 weft lock sign ",
+            );
+            let _ = writeln!(out, "{}\n", l.node_key);
+        }
+        let _ = writeln!(out, "This node's tailnet-lock key: {}", l.nl_public);
+        let _ = writeln!(out, "Head: {}", l.head);
+    } else {
+        out.push_str("Tailnet lock is NOT enabled.\n\n");
+        let _ = writeln!(out, "This node's tailnet-lock key: {}", l.nl_public);
+    }
+    out
 }
 
 /// The LocalAPI request for `weft up` (validates `--advertise-routes`).
@@ -602,6 +650,34 @@ mod tests {
             lines[1].contains("bravo") && lines[1].contains("active; direct 192.0.2.1:41641"),
             "{}",
             lines[1]
+        );
+    }
+
+    #[test]
+    fn lock_status_text_names_the_state_and_the_keys() {
+        use crate::localapi::LockStatus;
+        let off = format_lock_status(&LockStatus {
+            nl_public: "tlpub:ab".into(),
+            ..LockStatus::default()
+        });
+        assert!(off.starts_with("Tailnet lock is NOT enabled."), "{off}");
+        assert!(off.contains("tailnet-lock key: tlpub:ab"));
+        let on = LockStatus {
+            enabled: true,
+            head: "HEAD".into(),
+            nl_public: "tlpub:ab".into(),
+            node_key: "nodekey:cd".into(),
+            node_key_signed: true,
+        };
+        let t = format_lock_status(&on);
+        assert!(t.contains("ENABLED") && t.contains("accessible") && t.contains("Head: HEAD"));
+        let t = format_lock_status(&LockStatus {
+            node_key_signed: false,
+            ..on
+        });
+        assert!(
+            t.contains("LOCKED OUT") && t.contains("weft lock sign nodekey:cd"),
+            "{t}"
         );
     }
 

@@ -533,6 +533,7 @@ mod tests {
             user_profiles: Default::default(),
             ssh_policy: None,
             health: Vec::new(),
+            tka: None,
         }
     }
 

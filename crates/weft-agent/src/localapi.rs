@@ -68,6 +68,9 @@ pub struct Status {
     /// Control URL in use.
     #[serde(rename = "ControlURL")]
     pub control_url: String,
+    /// Tailnet lock, as `weft lock status` shows it.
+    #[serde(rename = "WeftTailnetLock")]
+    pub tailnet_lock: LockStatus,
     /// Per-packet trouble the data plane counted (filter drops, bad datagrams, send errors).
     #[serde(rename = "WeftDataPlane")]
     pub data_plane: crate::engine::DataPlaneCounters,
@@ -88,6 +91,24 @@ pub struct RouteStatus {
     pub accept_routes: bool,
     /// Peers' subnet routes currently routed into the TUN.
     pub installed: Vec<ipnet::IpNet>,
+}
+
+/// Tailnet lock as this node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct LockStatus {
+    /// Control says tailnet lock is enabled (it sent `TKAInfo` without `Disabled`).
+    pub enabled: bool,
+    /// The authority's head AUM hash, as control reported it.
+    pub head: String,
+    /// This node's tailnet-lock public key (`tlpub:...`).
+    #[serde(rename = "PublicKey")]
+    pub nl_public: String,
+    /// This node's node key.
+    #[serde(rename = "NodeKey")]
+    pub node_key: String,
+    /// Whether control holds a signature of this node's key (else peers lock it out).
+    pub node_key_signed: bool,
 }
 
 /// One node in [`Status`].

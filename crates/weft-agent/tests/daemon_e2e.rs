@@ -49,6 +49,12 @@ async fn two_daemons_join_ping_directly_and_carry_a_packet() {
     let t = tailnet().await;
     let (a, mut b, a_ip, b_ip) = join_two(&t).await;
 
+    // Tailnet lock was never enabled: `weft lock status` says so and names the node's keys.
+    let lock = a.client.status(None).await.unwrap().tailnet_lock;
+    assert!(!lock.enabled && lock.head.is_empty(), "{lock:?}");
+    assert!(lock.nl_public.starts_with("tlpub:"), "{lock:?}");
+    assert!(lock.node_key.starts_with("nodekey:"), "{lock:?}");
+
     // Disco ping by name: relayed first or direct at once, direct within a few tries. Until
     // bravo's disco key and home region have reached alpha, the ping fails at once; then
     // wait for a status change and try again.

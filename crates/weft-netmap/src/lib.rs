@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use weft_key::NodePublic;
 use weft_tailcfg::{
     DerpMap, DnsConfig, FilterRule, MapResponse, Node, NodeId, PingRequest, SshPolicy, Time,
-    UserId, UserProfile,
+    TkaInfo, UserId, UserProfile,
 };
 
 /// The legacy "magic" DERP IP that `Node.DERP` uses (`127.3.3.40:<region>`).
@@ -48,6 +48,8 @@ pub struct Changes {
     pub packet_filter: bool,
     /// The DNS config was replaced.
     pub dns: bool,
+    /// The tailnet-lock state changed.
+    pub tka: bool,
     /// A ping request to answer (already de-duplicated by URL).
     pub ping_request: Option<PingRequest>,
     /// A URL to show the user (already de-duplicated).
@@ -57,7 +59,7 @@ pub struct Changes {
 impl Changes {
     /// Whether the network map (as built by [`MapSession::netmap`]) may differ.
     pub fn netmap_changed(&self) -> bool {
-        self.self_node || self.peers || self.derp_map || self.packet_filter || self.dns
+        self.self_node || self.peers || self.derp_map || self.packet_filter || self.dns || self.tka
     }
 }
 
@@ -86,6 +88,8 @@ pub struct NetworkMap {
     pub ssh_policy: Option<SshPolicy>,
     /// Legacy health messages.
     pub health: Vec<String>,
+    /// Tailnet lock as control last described it (`None`: never mentioned, i.e. not enabled).
+    pub tka: Option<TkaInfo>,
 }
 
 impl NetworkMap {
@@ -158,6 +162,7 @@ pub struct MapSession {
     user_profiles: BTreeMap<UserId, UserProfile>,
     ssh_policy: Option<SshPolicy>,
     health: Vec<String>,
+    tka: Option<TkaInfo>,
     /// Control's clock minus ours, in nanoseconds, from the last `ControlTime`.
     skew_nanos: i128,
     last_ping_url: String,
@@ -242,6 +247,11 @@ impl MapSession {
         if let Some(p) = resp.ssh_policy {
             self.ssh_policy = Some(p);
         }
+        // TKAInfo: absent = unchanged.
+        if let Some(t) = resp.tka_info {
+            ch.tka = self.tka.as_ref() != Some(&t);
+            self.tka = Some(t);
+        }
         if let Some(h) = resp.health {
             self.health = h;
         }
@@ -274,6 +284,7 @@ impl MapSession {
             user_profiles: self.user_profiles.clone(),
             ssh_policy: self.ssh_policy.clone(),
             health: self.health.clone(),
+            tka: self.tka.clone(),
         })
     }
 

@@ -407,3 +407,24 @@ fn repeating_an_identical_self_node_is_not_a_change() {
         .unwrap();
     assert!(ch.self_node);
 }
+
+#[test]
+fn tka_info_is_kept_until_control_sends_another() {
+    let mut s = session_with(vec![]);
+    assert_eq!(s.netmap(t0()).unwrap().tka, None);
+    let ch = s
+        .handle_map_response(decode(json!({"TKAInfo": {"Head": "ABCD"}})), t0())
+        .unwrap();
+    assert!(ch.tka && ch.netmap_changed());
+    let head = |s: &MapSession| s.netmap(t0()).unwrap().tka;
+    assert_eq!(head(&s).unwrap().head, "ABCD");
+    // A message without TKAInfo leaves it as it was.
+    let ch = s
+        .handle_map_response(decode(json!({"PeersRemoved": [99]})), t0())
+        .unwrap();
+    assert!(!ch.tka);
+    assert_eq!(head(&s).unwrap().head, "ABCD");
+    s.handle_map_response(decode(json!({"TKAInfo": {"Disabled": true}})), t0())
+        .unwrap();
+    assert!(head(&s).unwrap().disabled);
+}
