@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use weft_e2e::{
-    wait_for, Error, Harness, Mapping, NatRouter, Netns, Proc, Result, Segment, TsnetConfig,
-    TsnetNode, WeftNode as Node, WeftServer,
+    ensure, tcp_connect, tcp_listen, wait_for, Error, Harness, Mapping, NatRouter, Netns, Proc,
+    Result, Segment, TsnetConfig, TsnetNode, WeftNode as Node, WeftServer,
 };
 
 const SERVER: [u8; 4] = [198, 18, 0, 2];
@@ -378,47 +378,6 @@ fn a_weft_node_drops_what_the_netmap_filter_forbids_and_follows_policy_changes()
     h.finish(filter(&h))
 }
 
-/// Accepts TCP connections on `IP PORT`, logs `accepted PEER` for each and echoes one read.
-const LISTENER: &str = r#"
-import socket, sys
-ip, port = sys.argv[1], int(sys.argv[2])
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((ip, port))
-s.listen(16)
-print("listening", flush=True)
-while True:
-    c, peer = s.accept()
-    print("accepted", peer[0], flush=True)
-    c.settimeout(5)
-    try:
-        c.sendall(b"echo " + c.recv(1024))
-    except OSError:
-        pass
-    c.close()
-"#;
-
-/// Connects to `IP PORT` with a 2-second timeout and prints `ok REPLY`, `timeout`,
-/// `refused` or `error …`.
-const CONNECT: &str = r#"
-import socket, sys
-ip, port = sys.argv[1], int(sys.argv[2])
-try:
-    c = socket.create_connection((ip, port), timeout=2)
-except ConnectionRefusedError:
-    print("refused")
-    sys.exit(0)
-except (TimeoutError, socket.timeout):
-    print("timeout")
-    sys.exit(0)
-except OSError as e:
-    print("error", e)
-    sys.exit(0)
-c.settimeout(5)
-c.sendall(b"hello %d" % port)
-print("ok", c.recv(1024).decode())
-"#;
-
 /// A policy that lets node a reach node b on the `allowed` TCP/UDP ports only (nothing else,
 /// in no direction), with a policy test that `denied` stays closed.
 fn policy_a_to_b(a: Ipv4Addr, b: Ipv4Addr, allowed: &[u16], denied: u16) -> String {
@@ -449,37 +408,10 @@ fn set_policy(h: &Harness, server: &WeftServer, name: &str, text: &str) -> Resul
     Ok(Instant::now())
 }
 
-/// One TCP connect (and echo) from `ns` to `ip:port`: the CONNECT script's one-line verdict.
-fn connect(ns: &Netns, python: &Path, ip: Ipv4Addr, port: u16) -> Result<String> {
-    let python = python.display().to_string();
-    let out = ns.run(&[&python, "-c", CONNECT, &ip.to_string(), &port.to_string()])?;
-    Ok(out.trim().to_owned())
-}
-
-/// Starts a LISTENER on `ip:port` in `node`'s namespace and waits until it listens.
+/// Starts an echoing listener on `ip:port` in `node`'s namespace and waits until it listens.
 fn listen(h: &Harness, node: &Node, python: &Path, ip: Ipv4Addr, port: u16) -> Result<Proc> {
-    let args: Vec<String> = ["-c", LISTENER, &ip.to_string(), &port.to_string()]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    let mut p = h.spawn(
-        &node.ns,
-        &format!("listen-{}-{port}", node.tag),
-        python,
-        &args,
-        &[],
-    )?;
-    p.wait_log("listening", WAIT)?;
-    Ok(p)
-}
-
-/// `Ok` if `ok`, else a check failure saying `what` (so the harness prints the logs).
-fn ensure(ok: bool, what: impl FnOnce() -> String) -> Result<()> {
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Check(what()))
-    }
+    let name = format!("listen-{}-{port}", node.tag);
+    tcp_listen(h, &node.ns, &name, python, ip, port, WAIT)
 }
 
 /// How many inbound packets the node's packet filter has dropped, from
@@ -508,8 +440,8 @@ fn filter(h: &Harness) -> Result<()> {
         "port 80 answered, port 22 refused (allow all)",
         WAIT,
         || {
-            let p80 = connect(&net.a.ns, &python, b_ip, 80).map_err(|e| e.to_string())?;
-            let p22 = connect(&net.a.ns, &python, b_ip, 22).map_err(|e| e.to_string())?;
+            let p80 = tcp_connect(&net.a.ns, &python, b_ip, 80).map_err(|e| e.to_string())?;
+            let p22 = tcp_connect(&net.a.ns, &python, b_ip, 22).map_err(|e| e.to_string())?;
             if p80 == "ok echo hello 80" && p22 == "refused" {
                 Ok(())
             } else {
@@ -531,7 +463,7 @@ fn filter(h: &Harness) -> Result<()> {
         Duration::from_secs(20),
         || {
             let attempt = set_at.elapsed();
-            match connect(&net.a.ns, &python, b_ip, 22).map_err(|e| e.to_string())? {
+            match tcp_connect(&net.a.ns, &python, b_ip, 22).map_err(|e| e.to_string())? {
                 t if t == "timeout" => Ok(attempt),
                 other => Err(other),
             }
@@ -544,7 +476,7 @@ fn filter(h: &Harness) -> Result<()> {
 
     // Now a listener on port 22 too; it works from b itself (not through the tunnel).
     let mut l22 = listen(h, &net.b, &python, b_ip, 22)?;
-    let local = connect(&net.b.ns, &python, b_ip, 22)?;
+    let local = tcp_connect(&net.b.ns, &python, b_ip, 22)?;
     ensure(local == "ok echo hello 22", || {
         format!("b's port-22 listener does not answer locally: {local}")
     })?;
@@ -552,11 +484,11 @@ fn filter(h: &Harness) -> Result<()> {
     // In the same run, from a: port 22 keeps timing out while port 80 keeps answering.
     let drops_before = filter_drops(&net.b)?;
     for round in 0..3 {
-        let p22 = connect(&net.a.ns, &python, b_ip, 22)?;
+        let p22 = tcp_connect(&net.a.ns, &python, b_ip, 22)?;
         ensure(p22 == "timeout", || {
             format!("round {round}: port 22 from a was not dropped: {p22}")
         })?;
-        let p80 = connect(&net.a.ns, &python, b_ip, 80)?;
+        let p80 = tcp_connect(&net.a.ns, &python, b_ip, 80)?;
         ensure(p80 == "ok echo hello 80", || {
             format!("round {round}: port 80 from a: {p80}")
         })?;
@@ -598,7 +530,7 @@ fn filter(h: &Harness) -> Result<()> {
     let p22 = wait_for(
         "port 22 answered (allowed)",
         Duration::from_secs(20),
-        || match connect(&net.a.ns, &python, b_ip, 22).map_err(|e| e.to_string())? {
+        || match tcp_connect(&net.a.ns, &python, b_ip, 22).map_err(|e| e.to_string())? {
             ok if ok == "ok echo hello 22" => Ok(ok),
             other => Err(other),
         },
@@ -608,7 +540,7 @@ fn filter(h: &Harness) -> Result<()> {
         set_at.elapsed()
     );
     l22.wait_log(&from_a, WAIT)?;
-    let p80 = connect(&net.a.ns, &python, b_ip, 80)?;
+    let p80 = tcp_connect(&net.a.ns, &python, b_ip, 80)?;
     ensure(p80 == "ok echo hello 80", || {
         format!("port 80 after allowing 22: {p80}")
     })?;

@@ -7,14 +7,12 @@
 //! (10.77.0.2, no weft, no default route: it can only answer r's LAN address, so a reply
 //! reaching a proves r masqueraded). h runs a TCP echo listener that logs its peers.
 
-use std::net::Ipv4Addr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weft_e2e::{
-    wait_for, Error, Harness, Mapping, NatRouter, Netns, Result, Segment, WeftNode as Node,
-    WeftServer,
+    ensure, tcp_connect, tcp_listen, wait_for, Error, Harness, Mapping, NatRouter, Netns, Result,
+    Segment, WeftNode as Node, WeftServer,
 };
 
 const SERVER: [u8; 4] = [198, 18, 0, 2];
@@ -32,64 +30,6 @@ fn route(node: &Node, prefix: &str) -> Result<String> {
 
 fn start_node(h: &Harness, ns: Netns, tag: &str) -> Result<Node> {
     Node::start(h, ns, tag, "")
-}
-
-/// Accepts TCP connections on `IP PORT`, logs `accepted PEER` for each and echoes one read.
-const LISTENER: &str = r#"
-import socket, sys
-ip, port = sys.argv[1], int(sys.argv[2])
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((ip, port))
-s.listen(16)
-print("listening", flush=True)
-while True:
-    c, peer = s.accept()
-    print("accepted", peer[0], flush=True)
-    c.settimeout(5)
-    try:
-        c.sendall(b"echo " + c.recv(1024))
-    except OSError:
-        pass
-    c.close()
-"#;
-
-/// Connects to `IP PORT` with a 2-second timeout and prints `ok REPLY`, `timeout`,
-/// `refused` or `error …`.
-const CONNECT: &str = r#"
-import socket, sys
-ip, port = sys.argv[1], int(sys.argv[2])
-try:
-    c = socket.create_connection((ip, port), timeout=2)
-except ConnectionRefusedError:
-    print("refused")
-    sys.exit(0)
-except (TimeoutError, socket.timeout):
-    print("timeout")
-    sys.exit(0)
-except OSError as e:
-    print("error", e)
-    sys.exit(0)
-c.settimeout(5)
-try:
-    c.sendall(b"hello %d" % port)
-    print("ok", c.recv(1024).decode())
-except OSError as e:
-    print("error", e)
-"#;
-
-fn connect(ns: &Netns, python: &Path, ip: Ipv4Addr, port: u16) -> Result<String> {
-    let python = python.display().to_string();
-    let out = ns.run(&[&python, "-c", CONNECT, &ip.to_string(), &port.to_string()])?;
-    Ok(out.trim().to_owned())
-}
-
-fn ensure(ok: bool, what: impl FnOnce() -> String) -> Result<()> {
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Check(what()))
-    }
 }
 
 /// The strings of a JSON array (empty when absent).
@@ -173,12 +113,7 @@ fn subnet(h: &Harness) -> Result<()> {
     rr.lan().attach(&r_ns, "eth0", [192, 168, 20, 2].into())?;
     sub.lan().attach(&r_ns, "eth1", [10, 77, 0, 1].into())?;
 
-    let listener_args: Vec<String> = ["-c", LISTENER, "10.77.0.2", &PORT.to_string()]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    let mut listener = h.spawn(&h_ns, "listen-h", &python, &listener_args, &[])?;
-    listener.wait_log("listening", WAIT)?;
+    let listener = tcp_listen(h, &h_ns, "listen-h", &python, H.into(), PORT, WAIT)?;
 
     let mut a = start_node(h, a_ns, "a")?;
     let r = start_node(h, r_ns, "r")?;
@@ -237,7 +172,7 @@ fn subnet(h: &Harness) -> Result<()> {
             Err(v.to_string())
         }
     })?;
-    let before = connect(&a.ns, &python, H.into(), PORT)?;
+    let before = tcp_connect(&a.ns, &python, H.into(), PORT)?;
     ensure(!before.starts_with("ok"), || {
         format!("a reached h before the route was approved: {before}")
     })?;
@@ -268,7 +203,7 @@ fn subnet(h: &Harness) -> Result<()> {
         }
     })?;
     let reply = wait_for("a to get h's echo through r", WAIT, || {
-        match connect(&a.ns, &python, H.into(), PORT).map_err(|e| e.to_string())? {
+        match tcp_connect(&a.ns, &python, H.into(), PORT).map_err(|e| e.to_string())? {
             ok if ok == format!("ok echo hello {PORT}") => Ok(ok),
             other => Err(other),
         }
@@ -307,13 +242,13 @@ fn subnet(h: &Harness) -> Result<()> {
     ensure(route(&a, SUBNET)?.is_empty(), || {
         format!("a still routes {SUBNET} after --accept-routes=false")
     })?;
-    let off = connect(&a.ns, &python, H.into(), PORT)?;
+    let off = tcp_connect(&a.ns, &python, H.into(), PORT)?;
     ensure(!off.starts_with("ok"), || {
         format!("a reached h with --accept-routes=false: {off}")
     })?;
     a.weft(&["up", "--accept-routes", "--timeout", "30"])?;
     wait_for("a to reach h again", WAIT, || {
-        match connect(&a.ns, &python, H.into(), PORT).map_err(|e| e.to_string())? {
+        match tcp_connect(&a.ns, &python, H.into(), PORT).map_err(|e| e.to_string())? {
             ok if ok.starts_with("ok") => Ok(()),
             other => Err(other),
         }
@@ -323,7 +258,7 @@ fn subnet(h: &Harness) -> Result<()> {
     // that lets the tailnet reach h on PORT only, PORT+1 (nothing listens there; h would
     // refuse it) times out instead, dropped by r before it is forwarded.
     let other = PORT + 1;
-    let p = connect(&a.ns, &python, H.into(), other)?;
+    let p = tcp_connect(&a.ns, &python, H.into(), other)?;
     ensure(p == "refused", || {
         format!("port {other} on h before the policy: {p}")
     })?;
@@ -343,12 +278,12 @@ fn subnet(h: &Harness) -> Result<()> {
     wait_for(
         "r's filter to drop a's SYN to the other port",
         WAIT,
-        || match connect(&a.ns, &python, H.into(), other).map_err(|e| e.to_string())? {
+        || match tcp_connect(&a.ns, &python, H.into(), other).map_err(|e| e.to_string())? {
             t if t == "timeout" => Ok(()),
             o => Err(o),
         },
     )?;
-    let p = connect(&a.ns, &python, H.into(), PORT)?;
+    let p = tcp_connect(&a.ns, &python, H.into(), PORT)?;
     ensure(p == format!("ok echo hello {PORT}"), || {
         format!("port {PORT} under the policy: {p}")
     })?;

@@ -34,17 +34,15 @@ impl SessionCompleter for Control {
         self.refresh_user(user);
         // New identity-provider groups may make autoApprovers cover routes the user's
         // nodes already advertise.
-        match self.inner.store.list_nodes_by_user(user.id).await {
-            Ok(nodes) => {
-                for n in nodes {
-                    let before = n.approved_routes.clone();
-                    let n = self.auto_approve_routes_or_keep(n).await;
-                    if n.approved_routes != before {
-                        self.refresh_node(&n, None).await;
-                    }
-                }
+        let nodes = match self.inner.store.list_nodes_by_user(user.id).await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                tracing::warn!(user = user.id.0, error = %e, "route auto-approval skipped");
+                return;
             }
-            Err(e) => tracing::warn!(user = user.id.0, error = %e, "route auto-approval skipped"),
+        };
+        if let Err(e) = self.reapprove_routes(nodes).await {
+            tracing::warn!(user = user.id.0, error = %e, "route auto-approval failed");
         }
     }
 }

@@ -218,13 +218,8 @@ impl Control {
         self.inner.hub.install_policy(self.now(), Some(policy));
         tracing::info!(version = rec.id, author, "policy applied");
         // The new autoApprovers may cover routes nodes already advertise.
-        for n in self.inner.store.list_nodes().await? {
-            let before = n.approved_routes.clone();
-            let n = self.auto_approve_routes(n).await?;
-            if n.approved_routes != before {
-                self.refresh_node(&n, None).await;
-            }
-        }
+        let nodes = self.inner.store.list_nodes().await?;
+        self.reapprove_routes(nodes).await?;
         Ok(policy_info(&rec, tests, false))
     }
 
@@ -302,6 +297,22 @@ impl Control {
 }
 
 impl Control {
+    /// Runs [`Control::auto_approve_routes`] on `nodes` and pushes those whose approved
+    /// routes grew (after a policy change, or new identity-provider groups).
+    pub(crate) async fn reapprove_routes(
+        &self,
+        nodes: Vec<weft_store::Node>,
+    ) -> Result<(), ApiError> {
+        for n in nodes {
+            let before = n.approved_routes.clone();
+            let n = self.auto_approve_routes(n).await?;
+            if n.approved_routes != before {
+                self.refresh_node(&n, None).await;
+            }
+        }
+        Ok(())
+    }
+
     /// [`Control::auto_approve_routes`] that logs a failure and keeps the node as it was
     /// (a registration or map request does not fail over it).
     pub(crate) async fn auto_approve_routes_or_keep(

@@ -17,6 +17,7 @@ mod net;
 mod netns;
 mod poll;
 mod process;
+mod tcp;
 mod tsnet;
 mod weft;
 
@@ -31,5 +32,6 @@ pub use net::{Lan, Mapping, NatRouter, Segment};
 pub use netns::Netns;
 pub use poll::wait_for;
 pub use process::{Harness, Proc};
+pub use tcp::{ensure, tcp_connect, tcp_listen};
 pub use tsnet::{peer_count, TsnetConfig, TsnetNode};
 pub use weft::{is_cgnat, spawn_weft, spawn_weft_logging, NodeView, WeftServer};
